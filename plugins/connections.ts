@@ -1,0 +1,558 @@
+/**
+ * connections: the registry of every socket (and HTTP/2 session) the server holds, and of
+ * every long-lived stream riding on one. The SSE, timeouts and shutdown plugins stand on it.
+ *
+ * Cost on the hot path is one Map lookup, two counters and one `close` listener per request:
+ * no timers, no per-request objects of our own.
+ */
+import type { FastifyInstance, FastifyReply } from 'fastify'
+import fp from 'fastify-plugin'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import type { Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2Session } from 'node:http2'
+import type { Socket } from 'node:net'
+import { Server as TlsServer } from 'node:tls'
+import { FLL_ERR_MISSING_PEER } from './errors.js'
+import { fastifyRegisterKeys, invalid, isPlainObject, objectOption } from './options.js'
+
+/** StreamHandle is what a long-lived response gives the registry so it can be ended gracefully. */
+export interface StreamHandle {
+  /**
+   * close ends the stream gracefully (an SSE stream sends a final event with a `retry` hint,
+   * then ends the response). It may return a promise that settles once the stream has ended.
+   */
+  close (reason: string): void | Promise<void>
+}
+
+/** StreamRegistration is returned by `trackStream`; `untrack()` removes the stream early. */
+export interface StreamRegistration {
+  untrack (): void
+}
+
+/** ConnectionInfo is a live, read-only view of one tracked connection. */
+export interface ConnectionInfo {
+  /** The TCP (or TLS) socket. For HTTP/2 it is the session's socket. */
+  readonly socket: Socket
+  /** The HTTP/2 session, or null for HTTP/1.x. */
+  readonly session: ServerHttp2Session | null
+  /** When the connection was accepted (ms since the epoch). */
+  readonly openedAt: number
+  /** Requests received on this connection so far. */
+  readonly requests: number
+  /** Requests received whose response has not finished yet (streams included). */
+  readonly inFlight: number
+  /** The most recent HTTP/1.x request in flight, or null. */
+  readonly request: IncomingMessage | null
+  /** The response of `request`, or null. */
+  readonly response: ServerResponse | null
+  /** Long-lived streams currently carried by this connection. */
+  readonly streams: number
+  /** Bytes read from / written to the socket so far (written includes what is still queued). */
+  readonly bytesRead: number
+  readonly bytesWritten: number
+}
+
+/** ConnectionStats are the registry's numbers, all plain integers except `reusedRatio`. */
+export interface ConnectionStats {
+  /** Open connections (HTTP/1.x sockets and HTTP/2 sessions). */
+  open: number
+  /** Open connections with no request in flight. */
+  idle: number
+  /** Open connections with at least one request in flight (long-lived streams included). */
+  active: number
+  /** Open long-lived streams (e.g. SSE). */
+  streams: number
+  /** Requests in flight across all connections. */
+  inFlight: number
+  /** Connections accepted since the plugin was registered. */
+  connectionsTotal: number
+  /** Requests received since the plugin was registered. */
+  requestsTotal: number
+  /** Requests that arrived on a connection that had already served one (keep-alive reuse). */
+  reusedRequestsTotal: number
+  /** reusedRequestsTotal / requestsTotal, 0 when no request was served yet. */
+  reusedRatio: number
+  /** Connections closed because the client sent a request body too slowly (timeouts' minDataRate). */
+  slowUploadsClosed: number
+  /** Connections closed because the client read a response too slowly (timeouts' minDataRate). */
+  slowDownloadsClosed: number
+  /** Streams that met their slow-consumer policy (SSE maxBufferedBytes). */
+  slowConsumers: number
+  /** Whether setDraining() was called. */
+  draining: boolean
+}
+
+/** SlowClientKind names the counters of `recordSlowClient`. */
+export type SlowClientKind = 'upload' | 'download' | 'consumer'
+
+/** Counts returned by the drain primitives. */
+export interface DrainCounts {
+  setDraining: { marked: number }
+  closeIdle: { closed: number }
+  closeStreams: { closed: number, failed: number }
+  waitForIdle: { idle: boolean, active: number, streams: number }
+  destroyAll: { destroyed: number }
+}
+
+/** The registry, decorated as `fastify.connections`. */
+export interface ConnectionRegistry {
+  /** stats returns the registry's numbers as a fresh plain object. */
+  stats (): ConnectionStats
+  /** forEach calls `fn` with a live view of each open connection. Do not keep the views. */
+  forEach (fn: (info: ConnectionInfo) => void): void
+  /**
+   * trackStream marks the connection carrying `target` as holding a long-lived stream, with a
+   * `handle` that can end it gracefully. The stream is dropped when its response or its
+   * connection closes, or when `untrack()` is called.
+   */
+  trackStream (target: FastifyReply | ServerResponse | Http2ServerResponse, handle: StreamHandle): StreamRegistration
+  /** recordSlowClient counts a connection or stream closed by a slow-client policy. */
+  recordSlowClient (kind: SlowClientKind): void
+  /** Whether setDraining() was called. */
+  readonly draining: boolean
+  /**
+   * setDraining switches the registry to draining: from now on every HTTP/1.x response carries
+   * `Connection: close` (responses whose headers are not sent yet included), and each
+   * connection is closed as soon as its last in-flight response finishes. Idempotent.
+   */
+  setDraining (): DrainCounts['setDraining']
+  /**
+   * closeIdle closes every connection with no request in flight and no stream: HTTP/1.x
+   * through Node's `server.closeIdleConnections()`, HTTP/2 sessions with a GOAWAY.
+   */
+  closeIdle (): DrainCounts['closeIdle']
+  /**
+   * closeStreams calls each stream's `close(reason)`, spread evenly over `window` ms so that
+   * clients do not all reconnect in the same instant. Resolves when every close has settled.
+   */
+  closeStreams (opts?: { window?: number, reason?: string }): Promise<DrainCounts['closeStreams']>
+  /**
+   * waitForIdle resolves once no request is in flight and no stream is open, or once
+   * `timeout` ms have passed, whichever comes first; `idle` tells which.
+   */
+  waitForIdle (timeout: number): Promise<DrainCounts['waitForIdle']>
+  /** destroyAll destroys every open connection at once. */
+  destroyAll (): DrainCounts['destroyAll']
+}
+
+/** Options of the connections plugin. */
+export interface ConnectionsOptions {
+  /**
+   * metrics exposes the registry's numbers as Prometheus metrics named `fastify_long_lived_*`
+   * on the given prom-client registry (read at scrape time: no cost per request). Needs the
+   * optional peer `prom-client`. null or absent: no metrics.
+   */
+  metrics?: { registry: PromRegistryLike, prefix?: string } | null
+}
+
+/** The part of a prom-client Registry the plugin uses. */
+export interface PromRegistryLike {
+  registerMetric (metric: unknown): void
+  removeSingleMetric (name: string): void
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The connection registry of fastify-long-lived (added by its connections plugin). */
+    connections: ConnectionRegistry
+  }
+}
+
+/** Connection is the registry's record of one socket or HTTP/2 session. */
+class Connection implements ConnectionInfo {
+  readonly socket: Socket
+  readonly session: ServerHttp2Session | null
+  readonly openedAt = Date.now()
+  requests = 0
+  inFlight = 0
+  request: IncomingMessage | null = null
+  response: ServerResponse | null = null
+  streams = 0
+
+  constructor (socket: Socket, session: ServerHttp2Session | null) {
+    this.socket = socket
+    this.session = session
+  }
+
+  get bytesRead (): number { return this.socket.bytesRead }
+  get bytesWritten (): number { return this.socket.bytesWritten }
+
+  get closed (): boolean {
+    return this.session === null ? this.socket.destroyed : (this.session.closed || this.session.destroyed)
+  }
+
+  /** end closes the connection politely: FIN after what is queued, or GOAWAY for HTTP/2. */
+  end (): void {
+    if (this.session !== null) this.session.close()
+    else this.socket.end()
+  }
+
+  destroy (): void {
+    if (this.session !== null) this.session.destroy()
+    else this.socket.destroy()
+  }
+}
+
+interface TrackedStream {
+  conn: Connection | undefined
+  handle: StreamHandle
+  response: ServerResponse | Http2ServerResponse
+  onClose: () => void
+}
+
+type AnyRequest = IncomingMessage | Http2ServerRequest
+type AnyResponse = ServerResponse | Http2ServerResponse
+
+const knownOptions = ['metrics'] as const
+
+/** createRegistry builds the registry for one server; exported for tests and embedding. */
+function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegistry, detach: () => void } {
+  const server = fastify.server
+  // Keyed by what a request can reach: its socket for HTTP/1.x, its session for HTTP/2.
+  const conns = new Map<Socket | Http2Session, Connection>()
+  const streams = new Set<TrackedStream>()
+  const waiters = new Set<() => void>()
+  let inFlight = 0
+  let active = 0
+  let connectionsTotal = 0
+  let requestsTotal = 0
+  let reusedRequestsTotal = 0
+  let slowUploadsClosed = 0
+  let slowDownloadsClosed = 0
+  let slowConsumers = 0
+  let draining = false
+  let detached = false
+
+  /** connectionOf finds the connection a response travels on: its socket, or its HTTP/2 session. */
+  function connectionOf (res: AnyResponse): Connection | undefined {
+    const key = res.req.httpVersionMajor === 2 ? (res as Http2ServerResponse).stream.session : (res as ServerResponse).req.socket
+    return key === undefined || key === null ? undefined : conns.get(key)
+  }
+
+  function add (key: Socket | Http2Session, conn: Connection): void {
+    conns.set(key, conn)
+    connectionsTotal++
+  }
+
+  function remove (key: Socket | Http2Session): void {
+    const conn = conns.get(key)
+    if (conn === undefined) return
+    conns.delete(key)
+    if (conn.inFlight > 0) {
+      inFlight -= conn.inFlight
+      active--
+      conn.inFlight = 0
+    }
+    for (const s of streams) {
+      if (s.conn === conn) dropStream(s)
+    }
+    notifyIfIdle()
+  }
+
+  function onSocket (socket: Socket): void {
+    if (detached) return
+    const conn = new Connection(socket, null)
+    add(socket, conn)
+    socket.once('close', () => { remove(socket) })
+  }
+
+  function onTlsSocket (socket: Socket & { alpnProtocol?: string | false }): void {
+    // An HTTP/2 secure server also emits 'secureConnection' for its h2 sockets: those are
+    // tracked through their session instead.
+    if (socket.alpnProtocol === 'h2') return
+    onSocket(socket)
+  }
+
+  function onSession (session: ServerHttp2Session): void {
+    if (detached) return
+    const conn = new Connection(session.socket as Socket, session)
+    add(session, conn)
+    session.once('close', () => { remove(session) })
+  }
+
+  function onRequest (req: AnyRequest, res: AnyResponse): void {
+    const conn = connectionOf(res)
+    requestsTotal++
+    if (conn === undefined) return // a request injected by another path, or after detach
+    if (conn.requests++ > 0) reusedRequestsTotal++
+    if (conn.inFlight++ === 0) active++
+    inFlight++
+    if (req.httpVersionMajor !== 2) {
+      conn.request = req as IncomingMessage
+      conn.response = res as ServerResponse
+      if (draining) (res as ServerResponse).setHeader('connection', 'close')
+    }
+    // 'close' fires exactly once per response, so `on` is enough (and avoids once's wrapper).
+    res.on('close', onResponseClose)
+  }
+
+  // `this` is the response: one shared function, no closure per request.
+  function onResponseClose (this: AnyResponse): void {
+    const conn = connectionOf(this)
+    if (conn === undefined || conn.inFlight === 0) return
+    inFlight--
+    if (--conn.inFlight === 0) {
+      active--
+      conn.request = null
+      conn.response = null
+      // While draining, a connection is closed as soon as its last response is done. A
+      // response that started before draining still said keep-alive: this is the moment the
+      // client would reuse it, so it is closed now rather than left to the keep-alive timer.
+      if (draining && conn.streams === 0 && !conn.closed) conn.end()
+    } else if (conn.response === this) {
+      conn.request = null
+      conn.response = null
+    }
+    notifyIfIdle()
+  }
+
+  function dropStream (s: TrackedStream): void {
+    if (!streams.delete(s)) return
+    s.response.removeListener('close', s.onClose)
+    if (s.conn !== undefined) s.conn.streams--
+    notifyIfIdle()
+  }
+
+  function notifyIfIdle (): void {
+    if (waiters.size === 0 || inFlight > 0 || streams.size > 0) return
+    for (const wake of waiters) wake()
+  }
+
+  function counts (): ConnectionStats {
+    return {
+      open: conns.size,
+      idle: conns.size - active,
+      active,
+      streams: streams.size,
+      inFlight,
+      connectionsTotal,
+      requestsTotal,
+      reusedRequestsTotal,
+      reusedRatio: requestsTotal === 0 ? 0 : reusedRequestsTotal / requestsTotal,
+      slowUploadsClosed,
+      slowDownloadsClosed,
+      slowConsumers,
+      draining
+    }
+  }
+
+  const registry: ConnectionRegistry = {
+    stats: counts,
+
+    forEach (fn) {
+      for (const conn of conns.values()) fn(conn)
+    },
+
+    get draining () { return draining },
+
+    trackStream (target, handle) {
+      if (target === null || typeof target !== 'object') throw invalid('trackStream(target)', 'a Fastify reply or a server response', target)
+      if (handle === null || typeof handle !== 'object' || typeof handle.close !== 'function') {
+        throw invalid('trackStream(handle)', 'an object with a close(reason) method', handle)
+      }
+      const response: AnyResponse = 'raw' in target ? target.raw : target
+      const conn = connectionOf(response)
+      const s: TrackedStream = { conn, handle, response, onClose: () => { dropStream(s) } }
+      if (response.writableEnded || (conn !== undefined && conn.closed) || (response as ServerResponse).destroyed === true) {
+        return { untrack () {} }
+      }
+      streams.add(s)
+      if (conn !== undefined) conn.streams++
+      response.once('close', s.onClose)
+      return { untrack () { dropStream(s) } }
+    },
+
+    recordSlowClient (kind) {
+      if (kind === 'upload') slowUploadsClosed++
+      else if (kind === 'download') slowDownloadsClosed++
+      else if (kind === 'consumer') slowConsumers++
+      else throw invalid('recordSlowClient(kind)', "'upload', 'download' or 'consumer'", kind)
+    },
+
+    setDraining () {
+      let marked = 0
+      if (!draining) {
+        draining = true
+        for (const conn of conns.values()) {
+          const res = conn.response
+          if (res !== null && !res.headersSent) {
+            res.setHeader('connection', 'close')
+            marked++
+          }
+        }
+      }
+      return { marked }
+    },
+
+    closeIdle () {
+      let closed = 0
+      const h1Idle: Connection[] = []
+      for (const conn of conns.values()) {
+        if (conn.inFlight > 0 || conn.streams > 0 || conn.closed) continue
+        if (conn.session !== null) {
+          conn.end()
+          closed++
+        } else {
+          h1Idle.push(conn)
+        }
+      }
+      // Node's own list knows which sockets are mid-way through a request's headers (ours
+      // only learns of a request once its headers are parsed), so let it pick the idle ones.
+      if (h1Idle.length > 0 && typeof (server as { closeIdleConnections?: () => void }).closeIdleConnections === 'function') {
+        (server as unknown as { closeIdleConnections: () => void }).closeIdleConnections()
+        for (const conn of h1Idle) if (conn.socket.destroyed) closed++
+      }
+      return { closed }
+    },
+
+    async closeStreams (opts = {}) {
+      if (!isPlainObject(opts)) throw invalid('closeStreams(opts)', 'an object', opts)
+      const window = opts.window ?? 0
+      const reason = opts.reason ?? 'shutdown'
+      if (typeof window !== 'number' || !Number.isSafeInteger(window) || window < 0) {
+        throw invalid('closeStreams({ window })', 'an integer >= 0 (ms)', window)
+      }
+      const list = [...streams]
+      let closed = 0
+      let failed = 0
+      const step = list.length > 1 ? window / (list.length - 1) : 0
+      const closeOne = async (s: TrackedStream): Promise<void> => {
+        if (!streams.has(s)) return // its client left while it waited for its turn
+        try {
+          await s.handle.close(reason)
+          closed++
+        } catch (err) {
+          failed++
+          fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to close gracefully')
+        }
+      }
+      await Promise.all(list.map((s, i) => {
+        const delay = Math.round(i * step)
+        if (delay === 0) return closeOne(s)
+        return new Promise<void>((resolve) => {
+          setTimeout(() => { closeOne(s).then(resolve, resolve) }, delay).unref()
+        })
+      }))
+      return { closed, failed }
+    },
+
+    waitForIdle (timeout) {
+      if (typeof timeout !== 'number' || !Number.isSafeInteger(timeout) || timeout < 0) {
+        throw invalid('waitForIdle(timeout)', 'an integer >= 0 (ms)', timeout)
+      }
+      const result = (): DrainCounts['waitForIdle'] => ({ idle: inFlight === 0 && streams.size === 0, active: inFlight, streams: streams.size })
+      if (inFlight === 0 && streams.size === 0) return Promise.resolve(result())
+      return new Promise((resolve) => {
+        const done = (): void => {
+          clearTimeout(timer)
+          waiters.delete(done)
+          resolve(result())
+        }
+        const timer = setTimeout(done, timeout)
+        timer.unref()
+        waiters.add(done)
+      })
+    },
+
+    destroyAll () {
+      let destroyed = 0
+      for (const conn of [...conns.values()]) {
+        if (conn.closed) continue
+        conn.destroy()
+        destroyed++
+      }
+      return { destroyed }
+    }
+  }
+
+  const tls = server instanceof TlsServer
+  const h2 = fastify.initialConfig.http2 === true
+  if (h2) server.on('session', onSession)
+  if (tls) server.on('secureConnection', onTlsSocket)
+  else if (!h2) server.on('connection', onSocket)
+  server.prependListener('request', onRequest)
+
+  function detach (): void {
+    detached = true
+    server.removeListener('session', onSession)
+    server.removeListener('secureConnection', onTlsSocket)
+    server.removeListener('connection', onSocket)
+    server.removeListener('request', onRequest)
+    for (const wake of waiters) wake()
+  }
+
+  return { registry, detach }
+}
+
+async function registerMetrics (registry: ConnectionRegistry, opts: NonNullable<ConnectionsOptions['metrics']>): Promise<() => void> {
+  let prom: typeof import('prom-client')
+  try {
+    prom = await import('prom-client')
+  } catch {
+    throw new FLL_ERR_MISSING_PEER('metrics', 'prom-client')
+  }
+  const prefix = opts.prefix ?? 'fastify_long_lived_'
+  const target = opts.registry as unknown as import('prom-client').Registry
+  const names: string[] = []
+  const gauge = (name: string, help: string, read: (s: ConnectionStats) => number): void => {
+    names.push(prefix + name)
+    // eslint-disable-next-line no-new
+    new prom.Gauge({ name: prefix + name, help, registers: [target], collect () { this.set(read(registry.stats())) } })
+  }
+  const counter = (name: string, help: string, read: (s: ConnectionStats) => number): void => {
+    names.push(prefix + name)
+    // eslint-disable-next-line no-new
+    new prom.Counter({
+      name: prefix + name,
+      help,
+      registers: [target],
+      // Counters are read from the registry at scrape time, so nothing runs per request.
+      collect () { this.reset(); this.inc(read(registry.stats())) }
+    })
+  }
+  gauge('connections_open', 'Open connections (HTTP/1.x sockets and HTTP/2 sessions)', (s) => s.open)
+  gauge('connections_idle', 'Open connections with no request in flight', (s) => s.idle)
+  gauge('connections_active', 'Open connections with a request in flight', (s) => s.active)
+  gauge('streams_open', 'Open long-lived streams (SSE)', (s) => s.streams)
+  gauge('requests_in_flight', 'Requests whose response has not finished', (s) => s.inFlight)
+  gauge('draining', '1 while the server is draining, else 0', (s) => (s.draining ? 1 : 0))
+  counter('connections_total', 'Connections accepted', (s) => s.connectionsTotal)
+  counter('requests_total', 'Requests received', (s) => s.requestsTotal)
+  counter('reused_requests_total', 'Requests received on an already used keep-alive connection', (s) => s.reusedRequestsTotal)
+  counter('slow_uploads_closed_total', 'Connections closed for sending a request body below the minimum data rate', (s) => s.slowUploadsClosed)
+  counter('slow_downloads_closed_total', 'Connections closed for reading a response below the minimum data rate', (s) => s.slowDownloadsClosed)
+  counter('slow_consumers_total', 'Streams that met their slow-consumer policy', (s) => s.slowConsumers)
+  return () => { for (const name of names) target.removeSingleMetric(name) }
+}
+
+function validate (opts: unknown): ConnectionsOptions {
+  const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
+  const metrics = o.metrics
+  if (metrics !== undefined && metrics !== null) {
+    const m = objectOption('metrics', metrics, ['registry', 'prefix'])
+    const reg = m.registry as Partial<PromRegistryLike> | undefined
+    if (reg === null || typeof reg !== 'object' || typeof reg.registerMetric !== 'function' || typeof reg.removeSingleMetric !== 'function') {
+      throw invalid('metrics.registry', 'a prom-client Registry', reg)
+    }
+    if (m.prefix !== undefined && (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(m.prefix))) {
+      throw invalid('metrics.prefix', 'a Prometheus metric name prefix such as \'myapp_\'', m.prefix)
+    }
+  }
+  return o as ConnectionsOptions
+}
+
+async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOptions): Promise<void> {
+  const options = validate(opts)
+  const { registry, detach } = createRegistry(fastify)
+  fastify.decorate('connections', registry)
+  if (options.metrics != null) {
+    const unregister = await registerMetrics(registry, options.metrics)
+    fastify.addHook('onClose', async () => { unregister() })
+  }
+  fastify.addHook('onClose', async () => { detach() })
+}
+
+export default fp(connectionsPlugin, {
+  name: 'fastify-long-lived/connections',
+  fastify: '5.x'
+})
+export { connectionsPlugin }

@@ -1,0 +1,54 @@
+/**
+ * Every coded error of fastify-long-lived, in one place.
+ *
+ * Compare errors by `err.code`, never by message or `instanceof`: messages may be
+ * reworded, codes are part of the public contract.
+ */
+import createError from '@fastify/error'
+
+/** An option given at register time has a value the plugin cannot use. */
+export const FLL_ERR_INVALID_OPTION = createError<'FLL_ERR_INVALID_OPTION', [string, string, string]>(
+  'FLL_ERR_INVALID_OPTION',
+  "fastify-long-lived: option '%s' must be %s, received %s",
+  500,
+  TypeError
+)
+
+/** headersTimeout is larger than requestTimeout (Node would silently swap them). */
+export const FLL_ERR_TIMEOUT_ORDER = createError<'FLL_ERR_TIMEOUT_ORDER', [number, number]>(
+  'FLL_ERR_TIMEOUT_ORDER',
+  'fastify-long-lived: headersTimeout (%d ms) must not exceed requestTimeout (%d ms): ' +
+  'Node would silently swap them. Lower headersTimeout or raise requestTimeout.',
+  500,
+  RangeError
+)
+
+/** The server was created with a different maxHeaderSize than the one asked for. */
+export const FLL_ERR_MAX_HEADER_SIZE = createError<'FLL_ERR_MAX_HEADER_SIZE', [number, number]>(
+  'FLL_ERR_MAX_HEADER_SIZE',
+  'fastify-long-lived: maxHeaderSize %d was asked for, but the server was created with %d. ' +
+  'maxHeaderSize can only be set when the server is created: pass it as ' +
+  'Fastify({ http: { maxHeaderSize } }) (or Fastify({ https: { maxHeaderSize } })).',
+  500
+)
+
+/** An optional peer dependency needed by the options given is not installed. */
+export const FLL_ERR_MISSING_PEER = createError<'FLL_ERR_MISSING_PEER', [string, string]>(
+  'FLL_ERR_MISSING_PEER',
+  "fastify-long-lived: option '%s' needs the package '%s': install it next to fastify-long-lived.",
+  500
+)
+
+/** A request body arrived slower than timeouts' minDataRate.request allows. */
+export const FLL_ERR_SLOW_UPLOAD = createError<'FLL_ERR_SLOW_UPLOAD', [number, number]>(
+  'FLL_ERR_SLOW_UPLOAD',
+  'fastify-long-lived: request body arrived at %d bytes/s, below the minimum of %d bytes/s',
+  408
+)
+
+/** A client read a response slower than timeouts' minDataRate.response allows. */
+export const FLL_ERR_SLOW_DOWNLOAD = createError<'FLL_ERR_SLOW_DOWNLOAD', [number, number]>(
+  'FLL_ERR_SLOW_DOWNLOAD',
+  'fastify-long-lived: response was read at %d bytes/s, below the minimum of %d bytes/s',
+  500
+)

@@ -1,0 +1,12 @@
+/**
+ * fastify-long-lived: Fastify 5 plugins for long-lived HTTP connections.
+ * Each plugin is usable alone; import it from its own subpath or from here.
+ */
+export { default as connections, connectionsPlugin } from './connections.js'
+export type {
+  ConnectionInfo, ConnectionRegistry, ConnectionStats, ConnectionsOptions, DrainCounts,
+  PromRegistryLike, SlowClientKind, StreamHandle, StreamRegistration
+} from './connections.js'
+export { default as timeouts, timeoutsPlugin, proxyPresets, keepAliveAbove } from './timeouts.js'
+export type { DataRate, EffectiveTimeouts, ProxyPresetName, ProxyTimeouts, TimeoutsOptions } from './timeouts.js'
+export * as errors from './errors.js'
