@@ -276,19 +276,26 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     if (conn.requests++ > 0) reusedRequestsTotal++
     if (conn.inFlight++ === 0) active++
     inFlight++
-    if (req.httpVersionMajor !== 2) {
-      conn.request = req as IncomingMessage
-      conn.response = res as ServerResponse
-      if (draining) (res as ServerResponse).setHeader('connection', 'close')
+    if (req.httpVersionMajor === 2) {
+      // An HTTP/2 stream forgets its session once closed, so remember the connection here.
+      res.on('close', () => { responseDone(conn, res) })
+      return
     }
+    conn.request = req as IncomingMessage
+    conn.response = res as ServerResponse
+    if (draining) (res as ServerResponse).setHeader('connection', 'close')
     // 'close' fires exactly once per response, so `on` is enough (and avoids once's wrapper).
     res.on('close', onResponseClose)
   }
 
-  // `this` is the response: one shared function, no closure per request.
-  function onResponseClose (this: AnyResponse): void {
-    const conn = connectionOf(this)
-    if (conn === undefined || conn.inFlight === 0) return
+  // `this` is an HTTP/1.x response: one shared function, no closure per request.
+  function onResponseClose (this: ServerResponse): void {
+    const conn = conns.get(this.req.socket)
+    if (conn !== undefined) responseDone(conn, this)
+  }
+
+  function responseDone (conn: Connection, res: AnyResponse): void {
+    if (conn.inFlight === 0) return // its connection already closed and was counted then
     inFlight--
     if (--conn.inFlight === 0) {
       active--
@@ -298,7 +305,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       // response that started before draining still said keep-alive: this is the moment the
       // client would reuse it, so it is closed now rather than left to the keep-alive timer.
       if (draining && conn.streams === 0 && !conn.closed) conn.end()
-    } else if (conn.response === this) {
+    } else if (conn.response === res) {
       conn.request = null
       conn.response = null
     }
@@ -389,15 +396,20 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       for (const conn of conns.values()) {
         if (conn.inFlight > 0 || conn.streams > 0 || conn.closed) continue
         if (conn.session !== null) {
-          conn.end()
+          conn.end() // GOAWAY
+          closed++
+        } else if (conn.requests === 0 && conn.socket.bytesRead === 0) {
+          // A socket that has not sent a byte holds nothing (Node would keep it until headersTimeout).
+          conn.socket.destroy()
           closed++
         } else {
           h1Idle.push(conn)
         }
       }
-      // Node's own list knows which sockets are mid-way through a request's headers (ours
-      // only learns of a request once its headers are parsed), so let it pick the idle ones.
-      if (h1Idle.length > 0 && typeof (server as { closeIdleConnections?: () => void }).closeIdleConnections === 'function') {
+      // Between two keep-alive requests, Node's own list knows whether the next request's
+      // headers have started to arrive (ours learns of a request only once its headers are
+      // parsed), so let it pick which of those sockets are really idle.
+      if (h1Idle.length > 0) {
         (server as unknown as { closeIdleConnections: () => void }).closeIdleConnections()
         for (const conn of h1Idle) if (conn.socket.destroyed) closed++
       }

@@ -1,0 +1,383 @@
+// Keep-alive throughput: bare Fastify vs Fastify + connections + timeouts (the "kit").
+//
+//   npm run build && node bench/keepalive.js [--rounds 5] [--duration 10] [--warmup 2]
+//                                            [--connections 100] [--pipelining 1] [--build]
+//
+// Each round runs both variants, each in a fresh server process (bench/server.js), and the
+// order flips every round (bare,kit / kit,bare / ...) so that neither variant always gets
+// the warmer (or the more throttled) machine. Every run is a discarded autocannon warm-up,
+// then a measured autocannon run against 127.0.0.1. Prints a summary table and writes the raw
+// numbers to bench/results/keepalive-<timestamp>.json. See bench/README.md.
+import autocannon from 'autocannon'
+import { fork, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import { dirname, join, relative } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+
+const benchDir = dirname(fileURLToPath(import.meta.url))
+const root = join(benchDir, '..')
+const serverPath = join(benchDir, 'server.js')
+const resultsDir = join(benchDir, 'results')
+const distFiles = ['dist/plugins/connections.js', 'dist/plugins/timeouts.js']
+const VARIANTS = ['bare', 'kit']
+
+// Upper bounds on every wait, so that nothing can hang the run.
+const SERVER_START_TIMEOUT_MS = 15e3
+const SERVER_STOP_TIMEOUT_MS = 5e3
+const STATS_TIMEOUT_MS = 5e3
+const CANNON_SLACK_MS = 15e3
+const BUILD_TIMEOUT_MS = 180e3
+
+/** The numeric settings: flag name, environment variable, default, bounds. */
+const numeric = {
+  rounds: { env: 'BENCH_ROUNDS', def: 5, min: 1, max: 100 },
+  duration: { env: 'BENCH_DURATION', def: 10, min: 1, max: 600 },
+  warmup: { env: 'BENCH_WARMUP', def: 2, min: 0, max: 60 },
+  connections: { env: 'BENCH_CONNECTIONS', def: 100, min: 1, max: 10000 },
+  pipelining: { env: 'BENCH_PIPELINING', def: 1, min: 1, max: 100 }
+}
+
+const usage = `usage: node bench/keepalive.js [options]
+
+  --rounds N       rounds; each runs bare and kit once, order flipped every round (default 5, env BENCH_ROUNDS)
+  --duration S     measured seconds per run (default 10, env BENCH_DURATION)
+  --warmup S       discarded warm-up seconds per run, 0 for none (default 2, env BENCH_WARMUP)
+  --connections N  autocannon connections (default 100, env BENCH_CONNECTIONS)
+  --pipelining N   autocannon pipelining (default 1, env BENCH_PIPELINING)
+  --build          run \`npm run build\` even if dist/ exists (it always runs when dist/ is missing)
+  -h, --help       this text
+`
+
+/**
+ * readConfig merges flags over environment variables over defaults.
+ * @returns {{ rounds: number, duration: number, warmup: number, connections: number, pipelining: number, build: boolean }}
+ */
+function readConfig () {
+  const { values } = parseArgs({
+    options: {
+      rounds: { type: 'string' },
+      duration: { type: 'string' },
+      warmup: { type: 'string' },
+      connections: { type: 'string' },
+      pipelining: { type: 'string' },
+      build: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false }
+    },
+    strict: true
+  })
+  if (values.help) {
+    process.stdout.write(usage)
+    process.exit(0)
+  }
+  const config = { build: values.build }
+  for (const [name, spec] of Object.entries(numeric)) {
+    const raw = values[name] ?? process.env[spec.env]
+    if (raw === undefined || raw === '') {
+      config[name] = spec.def
+      continue
+    }
+    const n = Number(raw)
+    if (!Number.isInteger(n) || n < spec.min || n > spec.max) {
+      throw new Error(`--${name} (or ${spec.env}) must be an integer from ${spec.min} to ${spec.max}, got ${JSON.stringify(raw)}`)
+    }
+    config[name] = n
+  }
+  return config
+}
+
+/** ensureBuild runs `npm run build` when dist/ lacks the plugins, or when asked to. */
+function ensureBuild (force) {
+  const missing = distFiles.some((f) => !existsSync(join(root, f)))
+  if (force || missing) {
+    console.log(`> npm run build${missing ? ' (dist/ is missing)' : ''}`)
+    const r = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit', timeout: BUILD_TIMEOUT_MS })
+    if (r.error) throw r.error
+    if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal})`)
+  }
+  // dist/ is what is measured: warn when plugins/*.ts changed after it was built.
+  const builtAt = Math.min(...distFiles.map((f) => statSync(join(root, f)).mtimeMs))
+  const pluginsDir = join(root, 'plugins')
+  const newer = readdirSync(pluginsDir)
+    .filter((f) => f.endsWith('.ts') && statSync(join(pluginsDir, f)).mtimeMs > builtAt)
+  if (newer.length > 0) {
+    console.warn(`warning: plugins/${newer.join(', plugins/')} changed after dist/ was built; pass --build to measure the current sources`)
+  }
+  return Object.fromEntries(distFiles.map((f) => [f, createHash('sha256').update(readFileSync(join(root, f))).digest('hex').slice(0, 16)]))
+}
+
+/** @type {Set<import('node:child_process').ChildProcess>} */
+const children = new Set()
+
+/**
+ * startServer forks `bench/server.js <variant>` and resolves once it printed its port.
+ * @param {string} variant
+ */
+function startServer (variant) {
+  const child = fork(serverPath, [variant], { cwd: root, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+  children.add(child)
+  child.once('exit', () => { children.delete(child) })
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const fail = (err) => {
+      clearTimeout(timer)
+      child.stdout.removeListener('data', onData)
+      child.removeListener('exit', onExit)
+      stopServer(child).finally(() => { reject(err) })
+    }
+    const timer = setTimeout(() => { fail(new Error(`${variant} server did not print its port within ${SERVER_START_TIMEOUT_MS} ms`)) }, SERVER_START_TIMEOUT_MS)
+    const onExit = (code, signal) => { fail(new Error(`${variant} server exited before listening (code ${code}, signal ${signal})`)) }
+    const onData = (chunk) => {
+      buf += chunk
+      const nl = buf.indexOf('\n')
+      if (nl === -1) return
+      clearTimeout(timer)
+      child.stdout.removeListener('data', onData)
+      child.removeListener('exit', onExit)
+      child.stdout.resume() // drain anything else it prints
+      let info
+      try {
+        info = JSON.parse(buf.slice(0, nl))
+      } catch {
+        fail(new Error(`${variant} server printed ${JSON.stringify(buf.slice(0, nl))} instead of its port`))
+        return
+      }
+      if (info.variant !== variant || !Number.isInteger(info.port)) {
+        fail(new Error(`${variant} server printed an unexpected line: ${buf.slice(0, nl)}`))
+        return
+      }
+      resolve({ child, port: info.port })
+    }
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', onData)
+    child.once('exit', onExit)
+  })
+}
+
+/**
+ * stopServer sends SIGTERM, then SIGKILL if the child has not exited in time.
+ * @param {import('node:child_process').ChildProcess} child
+ */
+function stopServer (child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL') }, SERVER_STOP_TIMEOUT_MS)
+    child.once('exit', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill('SIGTERM')
+  })
+}
+
+let statsId = 0
+/**
+ * serverStats asks the server for its own CPU time (µs), RSS and request counter.
+ * @param {import('node:child_process').ChildProcess} child
+ */
+function serverStats (child) {
+  const id = ++statsId
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.removeListener('message', onMessage)
+      reject(new Error(`server ${child.pid} did not answer a stats request within ${STATS_TIMEOUT_MS} ms`))
+    }, STATS_TIMEOUT_MS)
+    const onMessage = (msg) => {
+      if (msg === null || typeof msg !== 'object' || msg.cmd !== 'stats' || msg.id !== id) return
+      clearTimeout(timer)
+      child.removeListener('message', onMessage)
+      resolve(msg)
+    }
+    child.on('message', onMessage)
+    child.send({ cmd: 'stats', id })
+  })
+}
+
+/**
+ * cannon runs autocannon for `seconds` against 127.0.0.1:port, stopping it by force if it
+ * overruns by CANNON_SLACK_MS.
+ */
+function cannon (port, seconds, config) {
+  return new Promise((resolve, reject) => {
+    let guard = null
+    const instance = autocannon({
+      url: `http://127.0.0.1:${port}/`,
+      connections: config.connections,
+      pipelining: config.pipelining,
+      duration: seconds
+    }, (err, result) => {
+      clearTimeout(guard)
+      if (err) reject(err)
+      else resolve(result)
+    })
+    guard = setTimeout(() => { instance.stop() }, seconds * 1e3 + CANNON_SLACK_MS)
+  })
+}
+
+/** oneRun measures one variant in a fresh server process. */
+async function oneRun (variant, round, slot, config) {
+  const { child, port } = await startServer(variant)
+  try {
+    if (config.warmup > 0) await cannon(port, config.warmup, config)
+    const before = await serverStats(child)
+    const r = await cannon(port, config.duration, config)
+    const after = await serverStats(child)
+    const cpuMs = (after.cpuUserUs + after.cpuSystemUs - before.cpuUserUs - before.cpuSystemUs) / 1e3
+    const total = r.requests.total
+    const run = {
+      round,
+      slot,
+      variant,
+      reqPerSec: r.requests.average,
+      reqPerSecStddev: r.requests.stddev,
+      requests: total,
+      seconds: r.duration,
+      latencyAvgMs: r.latency.average,
+      latencyP50Ms: r.latency.p50,
+      latencyP99Ms: r.latency.p99,
+      latencyMaxMs: r.latency.max,
+      errors: r.errors,
+      timeouts: r.timeouts,
+      non2xx: r.non2xx,
+      resets: r.resets,
+      serverCpuMs: cpuMs,
+      serverCpuUsPerReq: total > 0 ? cpuMs * 1e3 / total : null,
+      serverRssMB: after.rssBytes / 2 ** 20,
+      // kit only: what the connections registry counted during the measured run.
+      registryRequests: after.requestsTotal === null ? null : after.requestsTotal - before.requestsTotal
+    }
+    return run
+  } finally {
+    await stopServer(child)
+  }
+}
+
+function median (xs) {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = s.length >> 1
+  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
+}
+
+function summarize (runs, rounds) {
+  const byVariant = {}
+  for (const v of VARIANTS) {
+    const rs = runs.filter((r) => r.variant === v)
+    const rps = rs.map((r) => r.reqPerSec)
+    const mean = rps.reduce((a, b) => a + b, 0) / rps.length
+    const sd = Math.sqrt(rps.reduce((a, b) => a + (b - mean) ** 2, 0) / Math.max(1, rps.length - 1))
+    byVariant[v] = {
+      runs: rs.length,
+      medianReqPerSec: median(rps),
+      minReqPerSec: Math.min(...rps),
+      maxReqPerSec: Math.max(...rps),
+      meanReqPerSec: mean,
+      cvPercent: rps.length > 1 ? 100 * sd / mean : 0,
+      medianLatencyP50Ms: median(rs.map((r) => r.latencyP50Ms)),
+      medianLatencyP99Ms: median(rs.map((r) => r.latencyP99Ms)),
+      medianServerCpuUsPerReq: median(rs.map((r) => r.serverCpuUsPerReq)),
+      errors: rs.reduce((a, r) => a + r.errors + r.timeouts + r.non2xx, 0)
+    }
+  }
+  // The same round's kit/bare: both ran back to back, so slow drift of the machine cancels out.
+  const paired = []
+  for (let round = 1; round <= rounds; round++) {
+    const bare = runs.find((r) => r.round === round && r.variant === 'bare')
+    const kit = runs.find((r) => r.round === round && r.variant === 'kit')
+    if (bare && kit) paired.push(kit.reqPerSec / bare.reqPerSec)
+  }
+  return {
+    byVariant,
+    ratioOfMedians: byVariant.kit.medianReqPerSec / byVariant.bare.medianReqPerSec,
+    pairedRatios: paired,
+    medianPairedRatio: median(paired),
+    minPairedRatio: Math.min(...paired),
+    maxPairedRatio: Math.max(...paired)
+  }
+}
+
+const fmt = (n, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
+
+function printTable (summary) {
+  const head = ['variant', 'runs', 'median req/s', 'min', 'max', 'CV %', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'errors']
+  const rows = VARIANTS.map((v) => {
+    const s = summary.byVariant[v]
+    return [v, String(s.runs), fmt(s.medianReqPerSec), fmt(s.minReqPerSec), fmt(s.maxReqPerSec), fmt(s.cvPercent, 1),
+      fmt(s.medianLatencyP50Ms), fmt(s.medianLatencyP99Ms), fmt(s.medianServerCpuUsPerReq, 1), String(s.errors)]
+  })
+  const lines = [head, head.map(() => '---'), ...rows].map((cells) => `| ${cells.join(' | ')} |`)
+  console.log('\n' + lines.join('\n') + '\n')
+  console.log(`kit/bare ratio of medians: ${fmt(summary.ratioOfMedians, 3)}`)
+  console.log(`kit/bare per round (same-round pairs): ${summary.pairedRatios.map((r) => fmt(r, 3)).join(', ')}` +
+    ` (median ${fmt(summary.medianPairedRatio, 3)}, min ${fmt(summary.minPairedRatio, 3)}, max ${fmt(summary.maxPairedRatio, 3)})`)
+}
+
+async function main () {
+  const config = readConfig()
+  const dist = ensureBuild(config.build)
+  const perRun = config.warmup + config.duration + 1
+  console.log(`keepalive bench: ${config.rounds} rounds x ${VARIANTS.length} variants x (${config.warmup} s warm-up + ${config.duration} s), ` +
+    `${config.connections} connections, pipelining ${config.pipelining}, node ${process.version}, ${os.cpus().length} CPUs ` +
+    `(about ${Math.ceil(config.rounds * VARIANTS.length * perRun / 60)} min)`)
+
+  const startedAt = new Date()
+  const runs = []
+  for (let round = 1; round <= config.rounds; round++) {
+    const order = round % 2 === 1 ? VARIANTS : [...VARIANTS].reverse()
+    for (const [slot, variant] of order.entries()) {
+      const run = await oneRun(variant, round, slot, config)
+      runs.push(run)
+      const bad = run.errors + run.timeouts + run.non2xx
+      console.log(`round ${round}/${config.rounds} ${variant.padEnd(4)} ${fmt(run.reqPerSec).padStart(7)} req/s  ` +
+        `p99 ${fmt(run.latencyP99Ms)} ms  server CPU ${fmt(run.serverCpuUsPerReq, 1)} µs/req` +
+        (bad > 0 ? `  ERRORS ${run.errors} timeouts ${run.timeouts} non2xx ${run.non2xx}` : '') +
+        (run.registryRequests !== null && run.registryRequests < run.requests ? `  (registry counted only ${run.registryRequests} of ${run.requests})` : ''))
+    }
+  }
+
+  const summary = summarize(runs, config.rounds)
+  printTable(summary)
+
+  mkdirSync(resultsDir, { recursive: true })
+  const stamp = startedAt.toISOString().replace(/[:.]/g, '-')
+  const file = join(resultsDir, `keepalive-${stamp}.json`)
+  writeFileSync(file, JSON.stringify({
+    bench: 'keepalive',
+    command: ['node', relative(root, process.argv[1]), ...process.argv.slice(2)].join(' '),
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    config,
+    env: {
+      node: process.version,
+      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model ?? null,
+      loadavgAtEnd: os.loadavg()
+    },
+    dist,
+    summary,
+    runs
+  }, null, 2) + '\n')
+  console.log(`raw results: ${relative(root, file)}`)
+}
+
+let exitCode = 0
+async function killChildren () {
+  await Promise.all([...children].map((c) => stopServer(c)))
+}
+for (const sig of ['SIGINT', 'SIGTERM']) {
+  process.once(sig, () => {
+    console.error(`\n${sig}: stopping servers`)
+    killChildren().finally(() => { process.exit(130) })
+  })
+}
+try {
+  await main()
+} catch (err) {
+  console.error(err)
+  exitCode = 1
+} finally {
+  await killChildren()
+}
+process.exit(exitCode)
