@@ -341,12 +341,12 @@ test('options are validated at register time', async (t) => {
     [{ metric: null }, 'metric']
   ] as const) {
     const app = build(t)
-    await t.rejects(app.register(connections, opts as never).ready(), { code: 'FLL_ERR_INVALID_OPTION', message: new RegExp(`'${name.replace('.', '\\.')}'`) })
+    await t.rejects(async () => { await app.register(connections, opts as never).ready() }, { code: 'FLL_ERR_INVALID_OPTION', message: new RegExp(`'${name.replace('.', '\\.')}'`) })
   }
 })
 
 test('HTTP/2: sessions are tracked, streams counted as requests, idle sessions closed', async (t) => {
-  const app = build(t, { http2: true })
+  const app = build(t, { http2: true } as never)
   await app.register(connections)
   app.get('/', async () => 'ok')
   const port = await listen(app)
