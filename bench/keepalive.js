@@ -30,6 +30,8 @@ const SERVER_STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const CANNON_SLACK_MS = 15e3
 const BUILD_TIMEOUT_MS = 180e3
+// Above this share of one core spent in other processes during a run, the summary warns.
+const OTHER_CPU_WARN_PERCENT = 15
 
 /** The numeric settings: flag name, environment variable, default, bounds. */
 const numeric = {
@@ -106,6 +108,31 @@ function ensureBuild (force) {
     console.warn(`warning: plugins/${newer.join(', plugins/')} changed after dist/ was built; pass --build to measure the current sources`)
   }
   return Object.fromEntries(distFiles.map((f) => [f, createHash('sha256').update(readFileSync(join(root, f))).digest('hex').slice(0, 16)]))
+}
+
+// USER_HZ, the unit of /proc/stat (100 on practically every Linux).
+const clockTicks = (() => {
+  if (os.platform() !== 'linux') return null
+  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5e3 })
+  const n = Number(r.stdout?.trim())
+  return Number.isInteger(n) && n > 0 ? n : 100
+})()
+
+/**
+ * machineCpu reads the whole machine's busy and steal time (ms, all CPUs) from /proc/stat, so
+ * that a run can tell how much CPU went to processes other than the server and this driver
+ * (another job on the machine skews the comparison). null off Linux.
+ */
+function machineCpu () {
+  if (clockTicks === null) return null
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
+    // user nice system idle iowait irq softirq steal ...
+    const busy = f[0] + f[1] + f[2] + f[5] + f[6]
+    return { busyMs: busy * 1e3 / clockTicks, stealMs: (f[7] ?? 0) * 1e3 / clockTicks }
+  } catch {
+    return null
+  }
 }
 
 /** @type {Set<import('node:child_process').ChildProcess>} */
@@ -222,9 +249,19 @@ async function oneRun (variant, round, slot, config) {
   try {
     if (config.warmup > 0) await cannon(port, config.warmup, config)
     const before = await serverStats(child)
+    const machineBefore = machineCpu()
+    const selfBefore = process.cpuUsage()
     const r = await cannon(port, config.duration, config)
+    const self = process.cpuUsage(selfBefore)
+    const machineAfter = machineCpu()
     const after = await serverStats(child)
     const cpuMs = (after.cpuUserUs + after.cpuSystemUs - before.cpuUserUs - before.cpuSystemUs) / 1e3
+    const driverCpuMs = (self.user + self.system) / 1e3
+    // Busy time of the machine not spent in the server or in this driver (autocannon): the
+    // kernel's own network work lands partly here too, so a few % is normal.
+    const otherCpuMs = machineBefore === null || machineAfter === null
+      ? null
+      : Math.max(0, machineAfter.busyMs - machineBefore.busyMs - cpuMs - driverCpuMs)
     const total = r.requests.total
     const run = {
       round,
@@ -245,6 +282,10 @@ async function oneRun (variant, round, slot, config) {
       serverCpuMs: cpuMs,
       serverCpuUsPerReq: total > 0 ? cpuMs * 1e3 / total : null,
       serverRssMB: after.rssBytes / 2 ** 20,
+      driverCpuMs,
+      otherCpuMs,
+      otherCpuPercentOfOneCore: otherCpuMs === null ? null : 100 * otherCpuMs / (r.duration * 1e3),
+      stealMs: machineBefore === null || machineAfter === null ? null : machineAfter.stealMs - machineBefore.stealMs,
       // kit only: what the connections registry counted during the measured run.
       registryRequests: after.requestsTotal === null ? null : after.requestsTotal - before.requestsTotal
     }
@@ -277,7 +318,8 @@ function summarize (runs, rounds) {
       medianLatencyP50Ms: median(rs.map((r) => r.latencyP50Ms)),
       medianLatencyP99Ms: median(rs.map((r) => r.latencyP99Ms)),
       medianServerCpuUsPerReq: median(rs.map((r) => r.serverCpuUsPerReq)),
-      errors: rs.reduce((a, r) => a + r.errors + r.timeouts + r.non2xx, 0)
+      errors: rs.reduce((a, r) => a + r.errors + r.timeouts + r.non2xx, 0),
+      maxOtherCpuPercent: rs.some((r) => r.otherCpuPercentOfOneCore === null) ? null : Math.max(...rs.map((r) => r.otherCpuPercentOfOneCore))
     }
   }
   // The same round's kit/bare: both ran back to back, so slow drift of the machine cancels out.
@@ -300,17 +342,23 @@ function summarize (runs, rounds) {
 const fmt = (n, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits })
 
 function printTable (summary) {
-  const head = ['variant', 'runs', 'median req/s', 'min', 'max', 'CV %', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'errors']
+  const head = ['variant', 'runs', 'median req/s', 'min', 'max', 'CV %', 'p50 ms', 'p99 ms', 'server CPU µs/req', 'max other CPU %', 'errors']
   const rows = VARIANTS.map((v) => {
     const s = summary.byVariant[v]
     return [v, String(s.runs), fmt(s.medianReqPerSec), fmt(s.minReqPerSec), fmt(s.maxReqPerSec), fmt(s.cvPercent, 1),
-      fmt(s.medianLatencyP50Ms), fmt(s.medianLatencyP99Ms), fmt(s.medianServerCpuUsPerReq, 1), String(s.errors)]
+      fmt(s.medianLatencyP50Ms), fmt(s.medianLatencyP99Ms), fmt(s.medianServerCpuUsPerReq, 1),
+      s.maxOtherCpuPercent === null ? 'n/a' : fmt(s.maxOtherCpuPercent), String(s.errors)]
   })
   const lines = [head, head.map(() => '---'), ...rows].map((cells) => `| ${cells.join(' | ')} |`)
   console.log('\n' + lines.join('\n') + '\n')
   console.log(`kit/bare ratio of medians: ${fmt(summary.ratioOfMedians, 3)}`)
   console.log(`kit/bare per round (same-round pairs): ${summary.pairedRatios.map((r) => fmt(r, 3)).join(', ')}` +
     ` (median ${fmt(summary.medianPairedRatio, 3)}, min ${fmt(summary.minPairedRatio, 3)}, max ${fmt(summary.maxPairedRatio, 3)})`)
+  const busy = VARIANTS.filter((v) => (summary.byVariant[v].maxOtherCpuPercent ?? 0) > OTHER_CPU_WARN_PERCENT)
+  if (busy.length > 0) {
+    console.log(`warning: in some runs more than ${OTHER_CPU_WARN_PERCENT} % of a core went to other processes: ` +
+      'the machine was not quiet, so those numbers are skewed (see otherCpuPercentOfOneCore in the raw results)')
+  }
 }
 
 async function main () {
@@ -331,6 +379,7 @@ async function main () {
       const bad = run.errors + run.timeouts + run.non2xx
       console.log(`round ${round}/${config.rounds} ${variant.padEnd(4)} ${fmt(run.reqPerSec).padStart(7)} req/s  ` +
         `p99 ${fmt(run.latencyP99Ms)} ms  server CPU ${fmt(run.serverCpuUsPerReq, 1)} µs/req` +
+        (run.otherCpuPercentOfOneCore === null ? '' : `  other CPU ${fmt(run.otherCpuPercentOfOneCore)} %`) +
         (bad > 0 ? `  ERRORS ${run.errors} timeouts ${run.timeouts} non2xx ${run.non2xx}` : '') +
         (run.registryRequests !== null && run.registryRequests < run.requests ? `  (registry counted only ${run.registryRequests} of ${run.requests})` : ''))
     }
