@@ -1,7 +1,8 @@
 // Keep-alive throughput: bare Fastify vs Fastify + connections + timeouts (the "kit").
 //
 //   npm run build && node bench/keepalive.js [--rounds 5] [--duration 10] [--warmup 2]
-//                                            [--connections 100] [--pipelining 1] [--build]
+//                                            [--connections 100] [--pipelining 1]
+//                                            [--quiet-wait 30] [--build]
 //
 // Each round runs both variants, each in a fresh server process (bench/server.js), and the
 // order flips every round (bare,kit / kit,bare / ...) so that neither variant always gets
@@ -30,8 +31,12 @@ const SERVER_STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const CANNON_SLACK_MS = 15e3
 const BUILD_TIMEOUT_MS = 180e3
-// Above this share of one core spent in other processes during a run, the summary warns.
+// Above this share of one core spent in other processes during a run, the run counts as
+// disturbed: the summary warns and also gives the ratio over undisturbed rounds only.
 const OTHER_CPU_WARN_PERCENT = 15
+// The machine counts as idle when, over a QUIET_SAMPLE_MS sample, it is busy less than this.
+const QUIET_PERCENT = 10
+const QUIET_SAMPLE_MS = 1e3
 
 /** The numeric settings: flag name, environment variable, default, bounds. */
 const numeric = {
@@ -39,7 +44,8 @@ const numeric = {
   duration: { env: 'BENCH_DURATION', def: 10, min: 1, max: 600 },
   warmup: { env: 'BENCH_WARMUP', def: 2, min: 0, max: 60 },
   connections: { env: 'BENCH_CONNECTIONS', def: 100, min: 1, max: 10000 },
-  pipelining: { env: 'BENCH_PIPELINING', def: 1, min: 1, max: 100 }
+  pipelining: { env: 'BENCH_PIPELINING', def: 1, min: 1, max: 100 },
+  'quiet-wait': { env: 'BENCH_QUIET_WAIT', def: 30, min: 0, max: 600 }
 }
 
 const usage = `usage: node bench/keepalive.js [options]
@@ -49,13 +55,15 @@ const usage = `usage: node bench/keepalive.js [options]
   --warmup S       discarded warm-up seconds per run, 0 for none (default 2, env BENCH_WARMUP)
   --connections N  autocannon connections (default 100, env BENCH_CONNECTIONS)
   --pipelining N   autocannon pipelining (default 1, env BENCH_PIPELINING)
+  --quiet-wait S   before each run, wait up to S seconds for the machine to be idle
+                   (Linux only; 0 to skip; default 30, env BENCH_QUIET_WAIT)
   --build          run \`npm run build\` even if dist/ exists (it always runs when dist/ is missing)
   -h, --help       this text
 `
 
 /**
  * readConfig merges flags over environment variables over defaults.
- * @returns {{ rounds: number, duration: number, warmup: number, connections: number, pipelining: number, build: boolean }}
+ * @returns {{ rounds: number, duration: number, warmup: number, connections: number, pipelining: number, 'quiet-wait': number, build: boolean }}
  */
 function readConfig () {
   const { values } = parseArgs({
@@ -65,6 +73,7 @@ function readConfig () {
       warmup: { type: 'string' },
       connections: { type: 'string' },
       pipelining: { type: 'string' },
+      'quiet-wait': { type: 'string' },
       build: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false }
     },
@@ -132,6 +141,28 @@ function machineCpu () {
     return { busyMs: busy * 1e3 / clockTicks, stealMs: (f[7] ?? 0) * 1e3 / clockTicks }
   } catch {
     return null
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
+
+/**
+ * waitForQuiet waits (at most `seconds`) until the machine is idle over one sample, so that a
+ * run does not start while another job (a build, a test suite) holds the CPUs. It only
+ * schedules runs, it discards nothing; interference that starts mid-run is caught by
+ * otherCpuPercentOfOneCore. Returns how long it waited and whether it saw an idle sample.
+ */
+async function waitForQuiet (seconds) {
+  const start = performance.now()
+  if (seconds === 0 || machineCpu() === null) return { waitedMs: 0, quiet: null }
+  for (;;) {
+    const a = machineCpu()
+    await sleep(QUIET_SAMPLE_MS)
+    const b = machineCpu()
+    const busyPercent = 100 * (b.busyMs - a.busyMs) / QUIET_SAMPLE_MS
+    const waitedMs = Math.round(performance.now() - start)
+    if (busyPercent < QUIET_PERCENT) return { waitedMs, quiet: true }
+    if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
   }
 }
 
@@ -245,6 +276,7 @@ function cannon (port, seconds, config) {
 
 /** oneRun measures one variant in a fresh server process. */
 async function oneRun (variant, round, slot, config) {
+  const quiet = await waitForQuiet(config['quiet-wait'])
   const { child, port } = await startServer(variant)
   try {
     if (config.warmup > 0) await cannon(port, config.warmup, config)
@@ -267,6 +299,8 @@ async function oneRun (variant, round, slot, config) {
       round,
       slot,
       variant,
+      quietWaitMs: quiet.waitedMs,
+      quietBeforeRun: quiet.quiet,
       reqPerSec: r.requests.average,
       reqPerSecStddev: r.requests.stddev,
       requests: total,
@@ -324,10 +358,14 @@ function summarize (runs, rounds) {
   }
   // The same round's kit/bare: both ran back to back, so slow drift of the machine cancels out.
   const paired = []
+  const undisturbed = []
+  const disturbed = (r) => r.otherCpuPercentOfOneCore !== null && r.otherCpuPercentOfOneCore > OTHER_CPU_WARN_PERCENT
   for (let round = 1; round <= rounds; round++) {
     const bare = runs.find((r) => r.round === round && r.variant === 'bare')
     const kit = runs.find((r) => r.round === round && r.variant === 'kit')
-    if (bare && kit) paired.push(kit.reqPerSec / bare.reqPerSec)
+    if (!bare || !kit) continue
+    paired.push(kit.reqPerSec / bare.reqPerSec)
+    if (!disturbed(bare) && !disturbed(kit)) undisturbed.push({ round, ratio: kit.reqPerSec / bare.reqPerSec })
   }
   return {
     byVariant,
@@ -335,7 +373,12 @@ function summarize (runs, rounds) {
     pairedRatios: paired,
     medianPairedRatio: median(paired),
     minPairedRatio: Math.min(...paired),
-    maxPairedRatio: Math.max(...paired)
+    maxPairedRatio: Math.max(...paired),
+    // Rounds where neither run lost more than OTHER_CPU_WARN_PERCENT % of a core to other processes.
+    undisturbedRounds: undisturbed.map((u) => u.round),
+    undisturbedPairedRatios: undisturbed.map((u) => u.ratio),
+    medianUndisturbedPairedRatio: undisturbed.length > 0 ? median(undisturbed.map((u) => u.ratio)) : null,
+    ratioOfMedianServerCpuPerReq: byVariant.kit.medianServerCpuUsPerReq / byVariant.bare.medianServerCpuUsPerReq
   }
 }
 
@@ -354,17 +397,21 @@ function printTable (summary) {
   console.log(`kit/bare ratio of medians: ${fmt(summary.ratioOfMedians, 3)}`)
   console.log(`kit/bare per round (same-round pairs): ${summary.pairedRatios.map((r) => fmt(r, 3)).join(', ')}` +
     ` (median ${fmt(summary.medianPairedRatio, 3)}, min ${fmt(summary.minPairedRatio, 3)}, max ${fmt(summary.maxPairedRatio, 3)})`)
+  console.log(`kit/bare server CPU per request (medians): ${fmt(summary.ratioOfMedianServerCpuPerReq, 3)}`)
   const busy = VARIANTS.filter((v) => (summary.byVariant[v].maxOtherCpuPercent ?? 0) > OTHER_CPU_WARN_PERCENT)
   if (busy.length > 0) {
     console.log(`warning: in some runs more than ${OTHER_CPU_WARN_PERCENT} % of a core went to other processes: ` +
       'the machine was not quiet, so those numbers are skewed (see otherCpuPercentOfOneCore in the raw results)')
+    const u = summary.undisturbedPairedRatios
+    console.log(`kit/bare over the ${u.length} undisturbed rounds (${summary.undisturbedRounds.join(', ') || 'none'}): ` +
+      (u.length > 0 ? `${u.map((r) => fmt(r, 3)).join(', ')} (median ${fmt(summary.medianUndisturbedPairedRatio, 3)})` : 'n/a'))
   }
 }
 
 async function main () {
   const config = readConfig()
   const dist = ensureBuild(config.build)
-  const perRun = config.warmup + config.duration + 1
+  const perRun = config.warmup + config.duration + 2
   console.log(`keepalive bench: ${config.rounds} rounds x ${VARIANTS.length} variants x (${config.warmup} s warm-up + ${config.duration} s), ` +
     `${config.connections} connections, pipelining ${config.pipelining}, node ${process.version}, ${os.cpus().length} CPUs ` +
     `(about ${Math.ceil(config.rounds * VARIANTS.length * perRun / 60)} min)`)

@@ -410,6 +410,24 @@ function createSweep (fastify: FastifyInstance, rates: NonNullable<EffectiveTime
   }
 }
 
+// Fastify's server options that this plugin replaces, with Fastify's defaults and our names.
+const fastifyTimeoutOptions = [
+  ['connectionTimeout', 0, 'socketTimeout'],
+  ['keepAliveTimeout', 72e3, 'keepAliveTimeout'],
+  ['requestTimeout', 0, 'requestTimeout'],
+  ['maxRequestsPerSocket', 0, 'maxRequestsPerSocket']
+] as const
+
+/** overriddenFastifyOptions lists the Fastify options the user changed from their defaults that our values replace. */
+function overriddenFastifyOptions (config: Record<string, unknown>, effective: EffectiveTimeouts): Array<[string, string]> {
+  const out: Array<[string, string]> = []
+  for (const [name, fastifyDefault, ours] of fastifyTimeoutOptions) {
+    const given = config[name] ?? fastifyDefault
+    if (given !== fastifyDefault && given !== effective[ours]) out.push([name, `${ours} (${effective[ours]})`])
+  }
+  return out
+}
+
 // Runtime properties of http.Server that @types/node does not declare.
 type NodeHttpServer = http.Server & { connectionsCheckingInterval: number, maxHeaderSize?: number }
 
@@ -453,6 +471,10 @@ async function timeoutsPlugin (fastify: FastifyInstance, opts: TimeoutsOptions):
   fastify.decorate('timeouts', effective)
 
   for (const w of warningsFor(r, serverHandlerTimeout)) fastify.log.warn({ code: w.code }, `fastify-long-lived: ${w.message}`)
+  for (const [fastifyName, ours] of overriddenFastifyOptions(fastify.initialConfig, effective)) {
+    fastify.log.warn({ code: 'FLL_WARN_FASTIFY_OPTION_OVERRIDDEN' },
+      `fastify-long-lived: Fastify's ${fastifyName} option is replaced by the timeouts plugin's ${ours}: set it in the plugin's options instead`)
+  }
   if (fastify.server.listening) {
     fastify.log.warn({ code: 'FLL_WARN_CHECK_INTERVAL_LATE' },
       'fastify-long-lived: the server is already listening, so connectionsCheckingInterval takes effect only at the next listen()')

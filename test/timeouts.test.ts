@@ -148,6 +148,15 @@ test('risky but legal settings log a warning that says what goes wrong', async (
   t.match(warnings[1]!.msg, /answer 502; use at least 72000 ms/)
 })
 
+test('Fastify\'s own timeout options that the plugin replaces are warned about', async (t) => {
+  const { app, lines } = await appWith(t, { keepAliveTimeout: 90e3 }, { requestTimeout: 30e3, keepAliveTimeout: 90e3 })
+  await app.ready()
+  const warnings = lines.filter((l) => l.code === 'FLL_WARN_FASTIFY_OPTION_OVERRIDDEN')
+  t.equal(warnings.length, 1, 'only the option whose value changed')
+  t.match(warnings[0]!.msg, /Fastify's requestTimeout option is replaced by the timeouts plugin's requestTimeout \(120000\)/)
+  t.equal(app.server.requestTimeout, 120e3)
+})
+
 test('handlerTimeout: a default deadline for routes without one; long-lived routes exempt', async (t) => {
   const { app } = await appWith(t, { handlerTimeout: 100 })
   const slow = async (req: { signal: AbortSignal }) => {
