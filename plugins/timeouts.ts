@@ -475,10 +475,6 @@ async function timeoutsPlugin (fastify: FastifyInstance, opts: TimeoutsOptions):
     fastify.log.warn({ code: 'FLL_WARN_FASTIFY_OPTION_OVERRIDDEN' },
       `fastify-long-lived: Fastify's ${fastifyName} option is replaced by the timeouts plugin's ${ours}: set it in the plugin's options instead`)
   }
-  if (fastify.server.listening) {
-    fastify.log.warn({ code: 'FLL_WARN_CHECK_INTERVAL_LATE' },
-      'fastify-long-lived: the server is already listening, so connectionsCheckingInterval takes effect only at the next listen()')
-  }
 
   if (r.handlerTimeout !== null) {
     const deadline = r.handlerTimeout

@@ -78,6 +78,12 @@ test('explicit values win and the caller\'s object is not mutated', async (t) =>
   t.equal(app.server.maxConnections, 10_000)
 })
 
+test('HTTP/2: settings the server does not have read null', async (t) => {
+  const { app } = await appWith(t, { socketTimeout: 60e3 }, { http2: true })
+  await app.ready()
+  t.match(app.timeouts, { headersTimeout: null, requestTimeout: null, keepAliveTimeout: null, maxHeaderSize: null, socketTimeout: 60e3 })
+})
+
 test('proxy presets derive keepAliveTimeout above the proxy idle timeout', async (t) => {
   t.equal(keepAliveAbove(60e3), 72e3)
   t.equal(keepAliveAbove(10e3), 15e3, 'at least 5 s above')
