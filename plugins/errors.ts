@@ -52,3 +52,11 @@ export const FLL_ERR_SLOW_DOWNLOAD = createError<'FLL_ERR_SLOW_DOWNLOAD', [numbe
   'fastify-long-lived: response was read at %d bytes/s, below the minimum of %d bytes/s',
   500
 )
+
+/** An SSE event has a field the event-stream parser would read differently (or not at all). */
+export const FLL_ERR_SSE_INVALID_EVENT = createError<'FLL_ERR_SSE_INVALID_EVENT', [string, string, { cause: unknown }?]>(
+  'FLL_ERR_SSE_INVALID_EVENT',
+  "fastify-long-lived: SSE field '%s' must be %s",
+  500,
+  TypeError
+)
