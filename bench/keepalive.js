@@ -358,6 +358,7 @@ function summarize (runs, rounds) {
   }
   // The same round's kit/bare: both ran back to back, so slow drift of the machine cancels out.
   const paired = []
+  const pairedCpu = []
   const undisturbed = []
   const disturbed = (r) => r.otherCpuPercentOfOneCore !== null && r.otherCpuPercentOfOneCore > OTHER_CPU_WARN_PERCENT
   for (let round = 1; round <= rounds; round++) {
@@ -365,6 +366,7 @@ function summarize (runs, rounds) {
     const kit = runs.find((r) => r.round === round && r.variant === 'kit')
     if (!bare || !kit) continue
     paired.push(kit.reqPerSec / bare.reqPerSec)
+    pairedCpu.push(kit.serverCpuUsPerReq / bare.serverCpuUsPerReq)
     if (!disturbed(bare) && !disturbed(kit)) undisturbed.push({ round, ratio: kit.reqPerSec / bare.reqPerSec })
   }
   return {
@@ -378,7 +380,11 @@ function summarize (runs, rounds) {
     undisturbedRounds: undisturbed.map((u) => u.round),
     undisturbedPairedRatios: undisturbed.map((u) => u.ratio),
     medianUndisturbedPairedRatio: undisturbed.length > 0 ? median(undisturbed.map((u) => u.ratio)) : null,
-    ratioOfMedianServerCpuPerReq: byVariant.kit.medianServerCpuUsPerReq / byVariant.bare.medianServerCpuUsPerReq
+    ratioOfMedianServerCpuPerReq: byVariant.kit.medianServerCpuUsPerReq / byVariant.bare.medianServerCpuUsPerReq,
+    // Server CPU per request, kit/bare in the same round: the server's own cost, less sensitive
+    // than req/s to CPU taken by other processes (not to a slower host, which hits both alike).
+    pairedServerCpuRatios: pairedCpu,
+    medianPairedServerCpuRatio: median(pairedCpu)
   }
 }
 
@@ -397,7 +403,8 @@ function printTable (summary) {
   console.log(`kit/bare ratio of medians: ${fmt(summary.ratioOfMedians, 3)}`)
   console.log(`kit/bare per round (same-round pairs): ${summary.pairedRatios.map((r) => fmt(r, 3)).join(', ')}` +
     ` (median ${fmt(summary.medianPairedRatio, 3)}, min ${fmt(summary.minPairedRatio, 3)}, max ${fmt(summary.maxPairedRatio, 3)})`)
-  console.log(`kit/bare server CPU per request (medians): ${fmt(summary.ratioOfMedianServerCpuPerReq, 3)}`)
+  console.log(`kit/bare server CPU per request: ratio of medians ${fmt(summary.ratioOfMedianServerCpuPerReq, 3)}, ` +
+    `per round ${summary.pairedServerCpuRatios.map((r) => fmt(r, 3)).join(', ')} (median ${fmt(summary.medianPairedServerCpuRatio, 3)})`)
   const busy = VARIANTS.filter((v) => (summary.byVariant[v].maxOtherCpuPercent ?? 0) > OTHER_CPU_WARN_PERCENT)
   if (busy.length > 0) {
     console.log(`warning: in some runs more than ${OTHER_CPU_WARN_PERCENT} % of a core went to other processes: ` +

@@ -560,6 +560,11 @@ async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOpt
     const unregister = await registerMetrics(registry, options.metrics)
     fastify.addHook('onClose', async () => { unregister() })
   }
+  // Streams are long-lived by design: without this, server.close() would wait for them forever
+  // (the @fastify/sse #57 hang). The shutdown plugin closes them earlier, spread over a window.
+  fastify.addHook('preClose', async () => {
+    await registry.closeStreams({ reason: 'server closing' })
+  })
   fastify.addHook('onClose', async () => { detach() })
 }
 

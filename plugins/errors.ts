@@ -60,3 +60,17 @@ export const FLL_ERR_SSE_INVALID_EVENT = createError<'FLL_ERR_SSE_INVALID_EVENT'
   500,
   TypeError
 )
+
+/** The SSE stream is closed (the client left, or the stream was closed): the event was not sent. */
+export const FLL_ERR_SSE_CLOSED = createError<'FLL_ERR_SSE_CLOSED', [string]>(
+  'FLL_ERR_SSE_CLOSED',
+  'fastify-long-lived: the SSE stream is closed (%s)',
+  500
+)
+
+/** The client read too slowly: more than maxBufferedBytes were waiting for it. */
+export const FLL_ERR_SSE_SLOW_CONSUMER = createError<'FLL_ERR_SSE_SLOW_CONSUMER', [number]>(
+  'FLL_ERR_SSE_SLOW_CONSUMER',
+  'fastify-long-lived: the SSE client reads too slowly: more than %d bytes were waiting for it',
+  500
+)

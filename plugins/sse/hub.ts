@@ -1,0 +1,179 @@
+/**
+ * hub: named channels. A publish encodes the event once and hands the same Buffer to every
+ * subscriber's bounded writer; a replay buffer lets a reconnecting client with Last-Event-ID
+ * receive exactly what it missed, in order, or a `reset` event when that is no longer possible.
+ *
+ * Ids: when the publisher gives none, the channel assigns one from a sequence shared by the
+ * whole hub, so a stream subscribed to several channels can resume all of them from the one
+ * Last-Event-ID a client keeps. The sequence starts at the boot time in microseconds, so ids
+ * keep growing across restarts and an id from an earlier process is known to be lost (reset)
+ * rather than mistaken for one of ours. A publisher's own ids are kept as they are
+ * (resumable per channel, by exact match).
+ *
+ * Storage sits behind `HistoryStore`, the seam where a pub/sub backend can plug in later.
+ */
+import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
+import type { StreamSink, Subscribable } from './stream.js'
+
+/** One published event, encoded once. `seq` orders events across all channels of a hub. */
+export interface StoredEvent {
+  readonly seq: number
+  readonly id: string
+  readonly buf: Buffer
+  readonly at: number
+}
+
+/** HistoryStore keeps a channel's recent events for replay (in memory by default). */
+export interface HistoryStore {
+  append (event: StoredEvent): void
+  /**
+   * since returns the events after `lastEventId`, oldest first, or null when the events after
+   * it are no longer all kept (or the id was never seen): the client must then reset.
+   */
+  since (lastEventId: string): StoredEvent[] | null
+}
+
+/** Options of one channel. */
+export interface ChannelOptions {
+  /** historySize is how many recent events are kept for replay. 0 keeps none. @default 100 */
+  historySize?: number
+  /** historyTtl (ms) drops kept events older than that. null: kept until pushed out. @default null */
+  historyTtl?: number | null
+}
+
+/** MemoryHistory is a ring of the last `size` events, optionally expiring after `ttl` ms. */
+export class MemoryHistory implements HistoryStore {
+  readonly #size: number
+  readonly #ttl: number | null
+  #events: StoredEvent[] = []
+  /** The highest seq no longer kept (or never kept: before this hub began): a client behind it has lost events. */
+  #lostUpTo: number
+
+  constructor (size: number, ttl: number | null, firstSeq: number) {
+    this.#size = size
+    this.#ttl = ttl
+    this.#lostUpTo = firstSeq - 1
+  }
+
+  append (event: StoredEvent): void {
+    this.#events.push(event)
+    if (this.#events.length > this.#size) this.#forget(this.#events.length - this.#size)
+  }
+
+  since (lastEventId: string): StoredEvent[] | null {
+    this.#expire()
+    const events = this.#events
+    for (let i = events.length - 1; i >= 0; i--) {
+      if (events[i]!.id === lastEventId) return events.slice(i + 1)
+    }
+    // Not one of ours: a hub sequence number from another channel of the same stream?
+    if (!/^\d{1,16}$/.test(lastEventId)) return null
+    const seq = Number(lastEventId)
+    if (seq < this.#lostUpTo) return null
+    return events.filter((e) => e.seq > seq)
+  }
+
+  #expire (): void {
+    if (this.#ttl === null) return
+    const limit = Date.now() - this.#ttl
+    let n = 0
+    while (n < this.#events.length && this.#events[n]!.at < limit) n++
+    if (n > 0) this.#forget(n)
+  }
+
+  #forget (n: number): void {
+    const gone = this.#events.splice(0, n)
+    this.#lostUpTo = gone[gone.length - 1]!.seq
+  }
+}
+
+/** Channel is one named topic of a hub. */
+export class Channel implements Subscribable {
+  readonly name: string
+  readonly #hub: Hub
+  readonly #history: HistoryStore
+  readonly #sinks = new Set<StreamSink>()
+
+  constructor (hub: Hub, name: string, history: HistoryStore) {
+    this.#hub = hub
+    this.name = name
+    this.#history = history
+  }
+
+  /** subscribers is the number of streams currently subscribed. */
+  get subscribers (): number { return this.#sinks.size }
+
+  /**
+   * publish encodes `event` once, keeps it for replay and writes it to every subscriber.
+   * Returns the event's id (the channel's sequence when the event had none).
+   */
+  publish (event: SseEvent): string {
+    const seq = this.#hub.nextSeq()
+    const id = event.id === undefined ? String(seq) : String(event.id)
+    const buf = encodeEvent(event.id === undefined ? { ...event, id } : event, this.#hub.serializer)
+    // Appended even with historySize 0: the history then knows the event was lost.
+    this.#history.append({ seq, id, buf, at: Date.now() })
+    for (const sink of this.#sinks) sink.write(buf)
+    return id
+  }
+
+  attach (sink: StreamSink, lastEventId: string | null): { replayed: number, reset: boolean } {
+    let replayed = 0
+    let reset = false
+    if (lastEventId !== null) {
+      const missed = /^\d{1,16}$/.test(lastEventId) && Number(lastEventId) > this.#hub.lastSeq
+        ? null // "from the future": another process's id
+        : this.#history.since(lastEventId)
+      if (missed === null) {
+        reset = true
+        sink.write(encodeEvent({ event: 'reset', data: { channel: this.name, lastEventId } }))
+      } else {
+        for (const e of missed) sink.write(e.buf)
+        replayed = missed.length
+      }
+    }
+    this.#sinks.add(sink)
+    return { replayed, reset }
+  }
+
+  detach (sink: StreamSink): void {
+    this.#sinks.delete(sink)
+  }
+}
+
+/** Hub holds the channels of one app (`fastify.sse`). */
+export class Hub {
+  readonly serializer: Serializer
+  readonly #channels = new Map<string, Channel>()
+  readonly #defaults: Required<ChannelOptions>
+  readonly #firstSeq: number
+  #seq: number
+
+  constructor (serializer: Serializer, defaults: Required<ChannelOptions>, now = Date.now()) {
+    this.serializer = serializer
+    this.#defaults = defaults
+    this.#firstSeq = now * 1000
+    this.#seq = this.#firstSeq - 1
+  }
+
+  /** nextSeq returns the next number of the hub-wide sequence. */
+  nextSeq (): number { return ++this.#seq }
+
+  /** lastSeq is the number of the last event published on any channel. */
+  get lastSeq (): number { return this.#seq }
+
+  /** channel returns the channel `name`, created with `opts` the first time. */
+  channel (name: string, opts: ChannelOptions = {}): Channel {
+    let channel = this.#channels.get(name)
+    if (channel === undefined) {
+      const size = opts.historySize ?? this.#defaults.historySize
+      const ttl = opts.historyTtl === undefined ? this.#defaults.historyTtl : opts.historyTtl
+      channel = new Channel(this, name, new MemoryHistory(size, ttl, this.#firstSeq))
+      this.#channels.set(name, channel)
+    }
+    return channel
+  }
+
+  /** channels lists the names of the channels created so far. */
+  get channels (): string[] { return [...this.#channels.keys()] }
+}

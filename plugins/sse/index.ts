@@ -1,0 +1,212 @@
+/**
+ * sse: the plugin. Decorates `reply.sse` (the stream of the request, created on first use),
+ * `fastify.sse` (the hub of channels), and reads the `sse` route option, which marks a route
+ * as a stream: Accept negotiation (406 for a client that refuses text/event-stream), per-route
+ * settings, and the end of the stream when the handler returns (unless it subscribed or
+ * called keepAlive()), as in @fastify/sse.
+ */
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import fp from 'fastify-plugin'
+import { FLL_ERR_SSE_CLOSED } from '../errors.js'
+import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
+import { jsonSerializer, type Serializer } from './encoder.js'
+import { Hub, type ChannelOptions } from './hub.js'
+import { SseStream, type StreamSettings } from './stream.js'
+
+export { encodeEvent, encodeEventText, jsonSerializer } from './encoder.js'
+export type { Serializer, SseEvent } from './encoder.js'
+export { Channel, Hub, MemoryHistory } from './hub.js'
+export type { ChannelOptions, HistoryStore, StoredEvent } from './hub.js'
+export { SseStream } from './stream.js'
+export type { SseSource, StreamSink, Subscribable } from './stream.js'
+
+/** Settings a route may override with `sse: { ... }`. */
+export interface SseRouteSettings {
+  /** heartbeatInterval (ms) between comment lines that keep proxies from closing a quiet stream. null disables. @default 15000 */
+  heartbeatInterval?: number | null
+  /** maxBufferedBytes is how much may wait for one client (our queue plus Node's) before onSlowConsumer applies. @default 1048576 */
+  maxBufferedBytes?: number
+  /** onSlowConsumer: 'disconnect' cuts the client; 'drop' skips events for it and sends a `dropped` event with the count once it catches up. @default 'disconnect' */
+  onSlowConsumer?: 'disconnect' | 'drop'
+  /** retry (ms) is sent when the stream opens, telling the client how long to wait before reconnecting. null: not sent. @default null */
+  retry?: number | null
+  /** maxLifetime (ms, jittered down by up to 10 %) ends the stream with the close event and a retry hint. null: no limit. @default null */
+  maxLifetime?: number | null
+  /** serializer turns non-string data into text. @default JSON.stringify */
+  serializer?: Serializer
+}
+
+/** Options of the sse plugin. */
+export interface SseOptions extends SseRouteSettings {
+  /** closeEvent names the final event sent when the server ends a stream (shutdown, maxLifetime). @default 'reconnect' */
+  closeEvent?: string
+  /** reconnectDelay (ms) is the base of the retry hint in the final event. @default 1000 */
+  reconnectDelay?: number
+  /** reconnectJitter (ms): a random 0..reconnectJitter is added to reconnectDelay, so clients do not reconnect together. @default 4000 */
+  reconnectJitter?: number
+  /** exposeErrors sends a failed source's error message in the `error` event; otherwise 'Internal Server Error'. @default false */
+  exposeErrors?: boolean
+  /** lastEventIdQuery names a query parameter read as Last-Event-ID when the header is absent (for polyfills). null: header only. @default null */
+  lastEventIdQuery?: string | null
+  /** history is the default replay buffer of channels. @default { historySize: 100, historyTtl: null } */
+  history?: ChannelOptions
+}
+
+/** The `sse` route option: true, or per-route settings. */
+export type SseRouteOption = boolean | SseRouteSettings
+
+declare module 'fastify' {
+  interface FastifyReply {
+    /** The SSE stream of this request (fastify-long-lived), created on first use. */
+    readonly sse: SseStream
+  }
+  interface FastifyInstance {
+    /** The hub of SSE channels (fastify-long-lived). */
+    sse: Hub
+  }
+  interface RouteShorthandOptions {
+    /** Marks the route as an SSE stream (fastify-long-lived): Accept negotiation, per-route settings. */
+    sse?: SseRouteOption
+  }
+}
+
+const routeKeys = ['heartbeatInterval', 'maxBufferedBytes', 'onSlowConsumer', 'retry', 'maxLifetime', 'serializer'] as const
+const pluginKeys = [...routeKeys, 'closeEvent', 'reconnectDelay', 'reconnectJitter', 'exposeErrors', 'lastEventIdQuery', 'history'] as const
+
+function resolveRouteSettings (name: string, o: Record<string, unknown>, base: StreamSettings): StreamSettings {
+  const onSlowConsumer = o.onSlowConsumer ?? base.onSlowConsumer
+  if (onSlowConsumer !== 'disconnect' && onSlowConsumer !== 'drop') {
+    throw invalid(`${name}onSlowConsumer`, "'disconnect' or 'drop'", onSlowConsumer)
+  }
+  const serializer = o.serializer ?? base.serializer
+  if (typeof serializer !== 'function') throw invalid(`${name}serializer`, 'a function (data) => string', serializer)
+  return Object.freeze({
+    ...base,
+    heartbeatInterval: positiveIntOrNull(`${name}heartbeatInterval`, o.heartbeatInterval, base.heartbeatInterval, 'ms'),
+    maxBufferedBytes: positiveInt(`${name}maxBufferedBytes`, o.maxBufferedBytes, base.maxBufferedBytes, 'bytes'),
+    onSlowConsumer,
+    retry: o.retry === null ? null : (o.retry === undefined ? base.retry : nonNegativeInt(`${name}retry`, o.retry, 0)),
+    maxLifetime: positiveIntOrNull(`${name}maxLifetime`, o.maxLifetime, base.maxLifetime, 'ms'),
+    serializer: serializer as Serializer
+  })
+}
+
+/** resolveOptions validates the plugin options into the default stream settings and channel defaults. */
+export function resolveOptions (opts: unknown): { settings: StreamSettings, history: Required<ChannelOptions> } {
+  const o = objectOption('', opts, [...pluginKeys, ...fastifyRegisterKeys])
+  const closeEvent = o.closeEvent ?? 'reconnect'
+  if (typeof closeEvent !== 'string' || closeEvent === '' || /[\r\n]/.test(closeEvent)) {
+    throw invalid('closeEvent', 'a non-empty event name without CR or LF', closeEvent)
+  }
+  const lastEventIdQuery = o.lastEventIdQuery ?? null
+  if (lastEventIdQuery !== null && (typeof lastEventIdQuery !== 'string' || lastEventIdQuery === '')) {
+    throw invalid('lastEventIdQuery', 'a query parameter name or null', lastEventIdQuery)
+  }
+  if (o.exposeErrors !== undefined && typeof o.exposeErrors !== 'boolean') throw invalid('exposeErrors', 'a boolean', o.exposeErrors)
+  const h = objectOption('history', o.history, ['historySize', 'historyTtl'])
+  const defaults: StreamSettings = {
+    heartbeatInterval: 15e3, // ms: under the 60 s idle timeouts of common proxies, with room to spare
+    maxBufferedBytes: 1024 * 1024,
+    onSlowConsumer: 'disconnect',
+    retry: null,
+    maxLifetime: null,
+    closeEvent,
+    reconnectDelay: nonNegativeInt('reconnectDelay', o.reconnectDelay, 1e3),
+    reconnectJitter: nonNegativeInt('reconnectJitter', o.reconnectJitter, 4e3),
+    serializer: jsonSerializer,
+    exposeErrors: o.exposeErrors === true,
+    lastEventIdQuery
+  }
+  return {
+    settings: resolveRouteSettings('', o, defaults),
+    history: {
+      historySize: h.historySize === 0 ? 0 : positiveInt('history.historySize', h.historySize, 100),
+      historyTtl: positiveIntOrNull('history.historyTtl', h.historyTtl, null, 'ms')
+    }
+  }
+}
+
+/**
+ * acceptsEventStream tells whether an Accept header admits text/event-stream: absent, or its
+ * most specific matching range (`text/event-stream`, `text/*`, `*\/*`) has q > 0.
+ */
+export function acceptsEventStream (accept: string | undefined): boolean {
+  if (accept === undefined || accept.trim() === '') return true
+  let best = 0
+  let q = 0
+  for (const part of accept.split(',')) {
+    const [range = '', ...params] = part.split(';').map((x) => x.trim().toLowerCase())
+    const specificity = range === 'text/event-stream' ? 3 : range === 'text/*' ? 2 : range === '*/*' ? 1 : 0
+    if (specificity <= best) continue
+    best = specificity
+    q = 1
+    for (const p of params) if (p.startsWith('q=')) q = Number(p.slice(2))
+  }
+  return best > 0 && q > 0
+}
+
+const kStream = Symbol('fastify-long-lived.sse.stream')
+const kSettings = Symbol('fastify-long-lived.sse.settings')
+
+type ReplyWithStream = FastifyReply & { [kStream]: SseStream | null }
+
+async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<void> {
+  const { settings, history } = resolveOptions(opts)
+  const registry = fastify.connections
+  fastify.decorate('sse', new Hub(settings.serializer, history))
+  fastify.decorateReply(kStream, null)
+  fastify.decorateReply('sse', {
+    getter (this: FastifyReply) {
+      const reply = this as ReplyWithStream
+      const config = reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined
+      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, registry)
+      return reply[kStream]
+    }
+  })
+
+  fastify.addHook('onRoute', (route: RouteOptions & { sse?: unknown }) => {
+    if (route.sse === undefined || route.sse === false) return
+    if (route.sse !== true && !isPlainObject(route.sse)) {
+      throw invalid(`sse (route ${route.method} ${route.url})`, 'true or an object of stream settings', route.sse)
+    }
+    const routeSettings = route.sse === true
+      ? settings
+      : resolveRouteSettings('sse.', objectOption('sse', route.sse, routeKeys), settings)
+    route.config = { ...route.config, [kSettings]: routeSettings }
+
+    const onRequest = Array.isArray(route.onRequest) ? route.onRequest : (route.onRequest === undefined ? [] : [route.onRequest])
+    route.onRequest = [notAcceptable, ...onRequest]
+
+    const handler = route.handler
+    route.handler = async function sseHandler (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+      try {
+        const result = await handler.call(this, request, reply)
+        const stream = (reply as ReplyWithStream)[kStream]
+        if (stream === null || !reply.sent) return result // never streamed: an ordinary reply
+        if (!stream.shouldKeepAlive) await stream.close()
+        return reply
+      } catch (err) {
+        // The client left while the handler was sending: expected, and not an error.
+        if ((err as { code?: string }).code === FLL_ERR_SSE_CLOSED.prototype.code && reply.sent) return reply
+        throw err
+      }
+    }
+  })
+}
+
+async function notAcceptable (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  if (acceptsEventStream(request.headers.accept)) return
+  await reply.code(406).send({
+    statusCode: 406,
+    code: 'FLL_ERR_SSE_NOT_ACCEPTABLE',
+    error: 'Not Acceptable',
+    message: 'This route only streams text/event-stream, which the Accept header refuses'
+  })
+}
+
+export default fp(ssePlugin, {
+  name: 'fastify-long-lived/sse',
+  fastify: '5.x',
+  dependencies: ['fastify-long-lived/connections']
+})
+export { ssePlugin }

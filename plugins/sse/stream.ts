@@ -1,0 +1,427 @@
+/**
+ * stream: one open Server-Sent Events response. It owns the headers, the hijack, a bounded
+ * queue with backpressure, the heartbeat, the AbortSignal, and the close with a final event.
+ *
+ * Delivery: events written during one turn of the event loop are queued as encoded Buffers and
+ * written to the socket as one write when the turn ends (setImmediate), so a burst, a replay or
+ * a fast iterator costs one `write()` instead of one per event, and a lone event still leaves
+ * within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
+ * `maxBufferedBytes`; past it, the slow-consumer policy applies.
+ */
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { ServerResponse } from 'node:http'
+import type { Http2ServerResponse } from 'node:http2'
+import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
+import type { ConnectionRegistry } from '../connections.js'
+import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
+
+/** What a stream needs to know, resolved by the plugin from its options and the route's. */
+export interface StreamSettings {
+  heartbeatInterval: number | null
+  maxBufferedBytes: number
+  onSlowConsumer: 'disconnect' | 'drop'
+  retry: number | null
+  maxLifetime: number | null
+  closeEvent: string
+  reconnectDelay: number
+  reconnectJitter: number
+  serializer: Serializer
+  exposeErrors: boolean
+  lastEventIdQuery: string | null
+}
+
+/** Something a stream can subscribe to (a hub channel). */
+export interface Subscribable {
+  /** attach starts delivering to `sink`, after replaying what it missed since `lastEventId`. */
+  attach (sink: StreamSink, lastEventId: string | null): { replayed: number, reset: boolean }
+  detach (sink: StreamSink): void
+}
+
+/** StreamSink is how a channel hands encoded events to a stream. */
+export interface StreamSink {
+  /** write queues one encoded event; false if the stream is closed or dropped it. */
+  write (buf: Buffer): boolean
+}
+
+/** A value `send()` accepts: one event, a string (sent as data), or an (async) iterable of them. */
+export type SseSource = SseEvent | string | AsyncIterable<SseEvent | string> | Iterable<SseEvent | string>
+
+type State = 'new' | 'open' | 'closing' | 'closed'
+
+const heartbeat = Buffer.from(':\n\n')
+
+function isIterable (value: unknown): value is AsyncIterable<unknown> | Iterable<unknown> {
+  return value !== null && typeof value === 'object' &&
+    (typeof (value as AsyncIterable<unknown>)[Symbol.asyncIterator] === 'function' ||
+     typeof (value as Iterable<unknown>)[Symbol.iterator] === 'function')
+}
+
+/** SseStream is `reply.sse`: the stream of one request, created on first use. */
+export class SseStream implements StreamSink {
+  readonly #reply: FastifyReply
+  // Typed as HTTP/1.x; HTTP/2's compat response has the same methods, and the helpers at the
+  // end of this file handle where it differs.
+  readonly #res: ServerResponse
+  readonly #settings: StreamSettings
+  readonly #registry: ConnectionRegistry | null
+  readonly #abort = new AbortController()
+  readonly #lastEventId: string | null
+  #state: State = 'new'
+  #pending: Buffer[] = []
+  #pendingBytes = 0
+  #flushScheduled = false
+  #flushWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+  #drainWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+  #dropped = 0
+  #slowLogged = false
+  #lastWriteAt = 0
+  #heartbeatTimer: NodeJS.Timeout | null = null
+  #lifetimeTimer: NodeJS.Timeout | null = null
+  #closeCallbacks: Array<() => void> = []
+  #iterators = new Set<AsyncIterator<unknown> | Iterator<unknown>>()
+  #subscriptions = new Set<Subscribable>()
+  #kept = false
+  #ended: Promise<void>
+  #endedResolve!: () => void
+  #closeReason = 'client disconnected'
+  #clientLeft = false
+
+  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, registry: ConnectionRegistry | null) {
+    this.#reply = reply
+    this.#res = reply.raw as ServerResponse
+    this.#settings = settings
+    this.#registry = registry
+    this.#lastEventId = readLastEventId(request, settings.lastEventIdQuery)
+    this.#ended = new Promise((resolve) => { this.#endedResolve = resolve })
+    this.#res.once('close', this.#onClose)
+    if (isDestroyed(this.#res)) this.#onClose()
+  }
+
+  /** lastEventId is the client's `Last-Event-ID` (or the configured query parameter), else null. */
+  get lastEventId (): string | null { return this.#lastEventId }
+
+  /** isConnected is true until the stream is closed or its client leaves. */
+  get isConnected (): boolean { return this.#state === 'new' || this.#state === 'open' }
+
+  /** signal aborts when the client leaves or the stream closes: pass it to whatever the source awaits. */
+  get signal (): AbortSignal { return this.#abort.signal }
+
+  /** shouldKeepAlive tells whether the stream stays open after the route handler returns. */
+  get shouldKeepAlive (): boolean { return this.#kept || this.#subscriptions.size > 0 }
+
+  /** Bytes waiting for the client: our queue plus what Node has not yet handed to the socket. */
+  get bufferedBytes (): number { return this.#pendingBytes + (this.#res.writableLength ?? 0) }
+
+  /** keepAlive keeps the stream open after the route handler returns (until close() or the client leaves). */
+  keepAlive (): void { this.#kept = true }
+
+  /** onClose runs `callback` once when the stream closes, for whatever reason. */
+  onClose (callback: () => void): void {
+    if (this.#state === 'closed') { queueMicrotask(callback); return }
+    this.#closeCallbacks.push(callback)
+  }
+
+  /**
+   * sendHeaders commits the response head now (status from the argument, else reply.code(),
+   * else 200); it is called by the first event otherwise. After it, the reply is hijacked.
+   */
+  sendHeaders (statusCode?: number): void {
+    if (this.#state !== 'new') return
+    const reply = this.#reply
+    const res = this.#res
+    const headers = reply.getHeaders() as Record<string, string | number | string[] | undefined>
+    headers['content-type'] = 'text/event-stream; charset=utf-8'
+    headers['cache-control'] ??= 'no-cache, no-transform'
+    headers['x-accel-buffering'] ??= 'no'
+    delete headers['content-length']
+    delete headers['transfer-encoding']
+    const http2 = reply.request.raw.httpVersionMajor >= 2
+    if (http2) delete headers.connection // connection-specific headers are forbidden in HTTP/2
+    else headers.connection ??= 'keep-alive'
+    // Hijack before writing: from here Fastify no longer owns the response, so its
+    // handlerTimeout cannot cut the stream; our own lifetime limits replace it.
+    reply.hijack()
+    res.writeHead(statusCode ?? reply.statusCode ?? 200, headers as Record<string, string | string[]>)
+    if (!http2) (res as ServerResponse).socket?.setNoDelay(true)
+    this.#state = 'open'
+    res.on('drain', this.#onDrain)
+    this.#registry?.trackStream(res, { close: (reason) => this.#closeGracefully(reason) })
+    if (this.#settings.retry !== null) this.write(encodeEvent({ retry: this.#settings.retry }))
+    else res.flushHeaders()
+    this.#startTimers()
+  }
+
+  /**
+   * send writes one event, a string (as data), or every event of an (async) iterable. It
+   * resolves once the events were handed to the socket and the socket is not backed up (so
+   * awaiting it applies backpressure), and rejects with FLL_ERR_SSE_CLOSED if the stream
+   * closes first. An iterable is pulled one event at a time; when the client leaves it is
+   * `return()`ed. A source that throws after the headers were sent ends the stream with an
+   * `error` event and the error is logged; the promise then resolves.
+   */
+  async send (source: SseSource): Promise<void> {
+    if (typeof source !== 'string' && isIterable(source)) return await this.#pump(source)
+    if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
+    const buf = encodeEvent(typeof source === 'string' ? { data: source } : source, this.#settings.serializer)
+    await this.#sendBuffer(buf)
+  }
+
+  /**
+   * subscribe joins hub channels: it replays what the client missed since its Last-Event-ID,
+   * then delivers every new event, until the stream closes. Subscribing keeps the stream open.
+   */
+  subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
+    if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
+    this.sendHeaders()
+    const list = Array.isArray(channels) ? channels : [channels]
+    let replayed = 0
+    let reset = false
+    for (const channel of list) {
+      if (this.#subscriptions.has(channel)) continue
+      const r = channel.attach(this, this.#lastEventId)
+      this.#subscriptions.add(channel)
+      replayed += r.replayed
+      reset ||= r.reset
+    }
+    return { replayed, reset }
+  }
+
+  /** close ends the stream after what is queued has been written. Resolves once it has ended. */
+  close (): Promise<void> {
+    if (this.#state === 'new') this.sendHeaders()
+    this.#end('closed by the server')
+    return this.#ended
+  }
+
+  /** write queues one encoded event (StreamSink). False if the stream is closed or the event was dropped. */
+  write (buf: Buffer): boolean {
+    if (this.#state === 'new') this.sendHeaders()
+    if (this.#state !== 'open') return false
+    const buffered = this.bufferedBytes
+    // One event always fits in an empty queue, however large: otherwise it could never be sent.
+    if (buffered > 0 && buffered + buf.length > this.#settings.maxBufferedBytes) {
+      this.#slowConsumer()
+      return false
+    }
+    this.#enqueue(buf)
+    return true
+  }
+
+  #enqueue (buf: Buffer): void {
+    this.#pending.push(buf)
+    this.#pendingBytes += buf.length
+    if (!this.#flushScheduled) {
+      this.#flushScheduled = true
+      setImmediate(this.#flush)
+    }
+  }
+
+  #sendBuffer (buf: Buffer): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (!this.write(buf)) {
+        if (this.isConnected) resolve() // dropped by the 'drop' policy: the caller asked for lossy delivery
+        else reject(new FLL_ERR_SSE_CLOSED(this.#closeReason))
+        return
+      }
+      this.#flushWaiters.push({ resolve, reject })
+    })
+  }
+
+  readonly #flush = (): void => {
+    this.#flushScheduled = false
+    if (this.#state !== 'open' || this.#pending.length === 0) return
+    if (needsDrain(this.#res)) return // #onDrain flushes
+    this.#writePending()
+  }
+
+  /** #writePending hands the whole queue to Node as one write and settles the sends waiting for it. */
+  #writePending (): void {
+    const data = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending, this.#pendingBytes)
+    this.#pending = []
+    this.#pendingBytes = 0
+    const ok = this.#res.write(data)
+    this.#lastWriteAt = performance.now()
+    const waiters = this.#flushWaiters
+    this.#flushWaiters = []
+    if (ok) for (const w of waiters) w.resolve()
+    else this.#drainWaiters.push(...waiters)
+  }
+
+  readonly #onDrain = (): void => {
+    const waiters = this.#drainWaiters
+    this.#drainWaiters = []
+    for (const w of waiters) w.resolve()
+    if (this.#dropped > 0 && this.#state === 'open') {
+      const count = this.#dropped
+      this.#dropped = 0
+      this.#enqueue(encodeEvent({ event: 'dropped', data: { count } }))
+    }
+    if (this.#pending.length > 0) this.#flush()
+  }
+
+  #slowConsumer (): void {
+    const { onSlowConsumer, maxBufferedBytes } = this.#settings
+    if (!this.#slowLogged) {
+      this.#slowLogged = true
+      this.#registry?.recordSlowClient('consumer')
+      this.#reply.log.info({ bufferedBytes: this.bufferedBytes, maxBufferedBytes, policy: onSlowConsumer },
+        'fastify-long-lived: SSE client reads too slowly')
+    }
+    if (onSlowConsumer === 'drop') {
+      this.#dropped++
+      return
+    }
+    // Nothing more can reach a client that does not read: cut it, and free what waits for it.
+    this.#closeReason = 'slow consumer'
+    destroy(this.#res, new FLL_ERR_SSE_SLOW_CONSUMER(maxBufferedBytes))
+  }
+
+  async #pump (source: AsyncIterable<SseEvent | string> | Iterable<SseEvent | string>): Promise<void> {
+    if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
+    const iterator = Symbol.asyncIterator in source
+      ? (source as AsyncIterable<SseEvent | string>)[Symbol.asyncIterator]()
+      : (source as Iterable<SseEvent | string>)[Symbol.iterator]()
+    this.#iterators.add(iterator)
+    try {
+      while (this.isConnected) {
+        const { value, done } = await iterator.next()
+        if (done === true || !this.isConnected) break
+        await this.#sendBuffer(encodeEvent(typeof value === 'string' ? { data: value } : value, this.#settings.serializer))
+      }
+    } catch (err) {
+      if (this.#state === 'new') throw err // no byte sent yet: let Fastify answer with an error
+      if (this.isConnected) this.#fail(err as Error)
+    } finally {
+      this.#iterators.delete(iterator)
+    }
+    // Ended by the server (close(), shutdown, a failed source): done. The client leaving is not.
+    if (this.#clientLeft) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
+  }
+
+  /** #fail ends an open stream because its source threw: an `error` event, then the end. */
+  #fail (err: Error): void {
+    this.#reply.log.error({ err }, 'fastify-long-lived: SSE source failed')
+    const message = this.#settings.exposeErrors ? err.message : 'Internal Server Error'
+    this.#enqueue(encodeEvent({ event: 'error', data: { message } }))
+    this.#end('source failed')
+  }
+
+  /** The registry's (and the lifetime's) graceful close: a final event with a jittered retry. */
+  #closeGracefully (reason: string): Promise<void> {
+    if (this.#state === 'new') this.sendHeaders()
+    if (this.#state !== 'open') return this.#ended
+    const { closeEvent, reconnectDelay, reconnectJitter } = this.#settings
+    const retry = reconnectDelay + Math.floor(Math.random() * (reconnectJitter + 1))
+    this.#enqueue(encodeEvent({ event: closeEvent, data: reason, retry }))
+    this.#end(reason)
+    return this.#ended
+  }
+
+  #end (reason: string): void {
+    if (this.#state !== 'open') return
+    this.#state = 'closing'
+    this.#closeReason = reason
+    this.#stopTimers()
+    // Hand what is queued to Node now; end() then waits for it to reach the socket.
+    if (this.#pending.length > 0) this.#writePending()
+    this.#res.end()
+  }
+
+  #startTimers (): void {
+    const { heartbeatInterval, maxLifetime } = this.#settings
+    if (heartbeatInterval !== null) {
+      this.#lastWriteAt = performance.now()
+      // Started only once the headers are out: before that there is no stream to keep alive.
+      const timer = setTimeout(() => {
+        // Skipped while data flows (it is a heartbeat already) and while the socket is backed
+        // up (a heartbeat would only pile up behind what the client is not reading).
+        if (performance.now() - this.#lastWriteAt >= heartbeatInterval - 1 && this.bufferedBytes === 0) this.#enqueue(heartbeat)
+        timer.refresh()
+      }, heartbeatInterval)
+      timer.unref()
+      this.#heartbeatTimer = timer
+    }
+    if (maxLifetime !== null) {
+      // Jittered down by up to 10 %, so streams opened together do not all end together.
+      const lifetime = Math.max(1, Math.round(maxLifetime * (1 - Math.random() * 0.1)))
+      this.#lifetimeTimer = setTimeout(() => { this.#closeGracefully('max lifetime').catch(() => {}) }, lifetime)
+      this.#lifetimeTimer.unref()
+    }
+  }
+
+  #stopTimers (): void {
+    if (this.#heartbeatTimer !== null) clearTimeout(this.#heartbeatTimer)
+    if (this.#lifetimeTimer !== null) clearTimeout(this.#lifetimeTimer)
+    this.#heartbeatTimer = null
+    this.#lifetimeTimer = null
+  }
+
+  /** #onClose runs once, when the response closes: the client left, or the stream ended. */
+  readonly #onClose = (): void => {
+    if (this.#state === 'closed') return
+    const clientLeft = this.#state !== 'closing'
+    this.#clientLeft = clientLeft
+    this.#state = 'closed'
+    this.#stopTimers()
+    this.#res.removeListener('drain', this.#onDrain)
+    this.#res.removeListener('close', this.#onClose)
+    this.#pending = []
+    this.#pendingBytes = 0
+    const err = new FLL_ERR_SSE_CLOSED(this.#closeReason)
+    // Ended by the server: everything was handed to Node before end(). Client gone: not delivered.
+    for (const w of this.#flushWaiters) clientLeft ? w.reject(err) : w.resolve()
+    for (const w of this.#drainWaiters) clientLeft ? w.reject(err) : w.resolve()
+    this.#flushWaiters = []
+    this.#drainWaiters = []
+    for (const channel of this.#subscriptions) channel.detach(this)
+    this.#subscriptions.clear()
+    this.#abort.abort(err)
+    // A parked iterator is told to finish; a generator parked in an `await` gets the signal.
+    for (const iterator of this.#iterators) {
+      try {
+        const r = iterator.return?.()
+        if (r instanceof Promise) r.catch(() => {})
+      } catch {}
+    }
+    this.#iterators.clear()
+    if (clientLeft) this.#reply.log.debug('fastify-long-lived: SSE client disconnected')
+    for (const callback of this.#closeCallbacks) {
+      try {
+        callback()
+      } catch (cbErr) {
+        this.#reply.log.error({ err: cbErr }, 'fastify-long-lived: an SSE onClose callback threw')
+      }
+    }
+    this.#closeCallbacks = []
+    this.#endedResolve()
+  }
+}
+
+// Http2ServerResponse is not a Writable: its stream holds what ServerResponse has itself.
+function h2stream (res: ServerResponse): Http2ServerResponse['stream'] | undefined {
+  return (res as unknown as Partial<Http2ServerResponse>).stream
+}
+
+function needsDrain (res: ServerResponse): boolean {
+  return res.writableNeedDrain ?? h2stream(res)?.writableNeedDrain ?? false
+}
+
+function isDestroyed (res: ServerResponse): boolean {
+  return res.destroyed ?? h2stream(res)?.destroyed ?? false
+}
+
+function destroy (res: ServerResponse, err: Error): void {
+  const stream = h2stream(res)
+  if (stream !== undefined) stream.destroy(err)
+  else res.destroy(err)
+}
+
+function readLastEventId (request: FastifyRequest, queryName: string | null): string | null {
+  const header = request.headers['last-event-id']
+  if (typeof header === 'string') return header
+  if (queryName !== null) {
+    const value = (request.query as Record<string, unknown> | undefined)?.[queryName]
+    if (typeof value === 'string') return value
+  }
+  return null
+}
