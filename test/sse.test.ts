@@ -280,6 +280,20 @@ test('the slow-consumer limit counts what waits in our queue and in Node\'s, and
   t.equal(lines.filter((l) => /reads too slowly/.test(l.msg)).length, 1, 'logged once')
 })
 
+test('a burst larger than maxBufferedBytes within one turn does not cut a client that reads', async (t) => {
+  const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024, heartbeatInterval: null })
+  const ch = app.sse.channel('c', { historySize: 1000 })
+  app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe(ch) })
+  const port = await listen(app)
+  for (let i = 0; i < 300; i++) ch.publish({ data: 'h'.repeat(1024) }) // 300 KB of history
+  const s = await openStream(t, port, '/events', { 'last-event-id': String(Number(ch.publish({ data: 'first' })) - 1) }, { keepData: false })
+  await s.waitEvents(1)
+  for (let i = 0; i < 500; i++) ch.publish({ data: 'b'.repeat(1024) }) // 500 KB in one turn
+  await s.waitEvents(501)
+  t.equal(s.events.length, 501)
+  t.equal(app.connections.stats().slowConsumers, 0, 'not treated as a slow consumer')
+})
+
 test('onSlowConsumer drop: events are skipped for that client, then a dropped event tells how many', async (t) => {
   const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024, onSlowConsumer: 'drop', heartbeatInterval: null })
   const ch = app.sse.channel('c', { historySize: 0 })

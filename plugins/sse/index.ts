@@ -24,7 +24,11 @@ export type { SseSource, StreamSink, Subscribable } from './stream.js'
 export interface SseRouteSettings {
   /** heartbeatInterval (ms) between comment lines that keep proxies from closing a quiet stream. null disables. @default 15000 */
   heartbeatInterval?: number | null
-  /** maxBufferedBytes is how much may wait for one client (our queue plus Node's) before onSlowConsumer applies. @default 1048576 */
+  /**
+   * maxBufferedBytes is how much may wait for one client (our queue plus Node's) while its socket
+   * is backed up, before onSlowConsumer applies. A burst within one event-loop turn is queued
+   * whole, so keep it above the largest burst (e.g. a replay). @default 1048576
+   */
   maxBufferedBytes?: number
   /** onSlowConsumer: 'disconnect' cuts the client; 'drop' skips events for it and sends a `dropped` event with the count once it catches up. @default 'disconnect' */
   onSlowConsumer?: 'disconnect' | 'drop'

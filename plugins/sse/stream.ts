@@ -85,6 +85,8 @@ export class SseStream implements StreamSink {
   #endedResolve!: () => void
   #closeReason = 'client disconnected'
   #clientLeft = false
+  /** Set when the slow-consumer policy cut the client. */
+  #cut = false
 
   constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, registry: ConnectionRegistry | null) {
     this.#reply = reply
@@ -197,9 +199,10 @@ export class SseStream implements StreamSink {
   write (buf: Buffer): boolean {
     if (this.#state === 'new') this.sendHeaders()
     if (this.#state !== 'open') return false
-    const buffered = this.bufferedBytes
-    // One event always fits in an empty queue, however large: otherwise it could never be sent.
-    if (buffered > 0 && buffered + buf.length > this.#settings.maxBufferedBytes) {
+    // The limit applies while the socket is backed up, i.e. the client has not yet taken what
+    // an earlier turn wrote. A burst within one turn says nothing about the client (Node corks
+    // the socket until the turn ends anyway), so it is queued whole and written at once.
+    if (this.bufferedBytes + buf.length > this.#settings.maxBufferedBytes && needsDrain(this.#res)) {
       this.#slowConsumer()
       return false
     }
@@ -219,7 +222,7 @@ export class SseStream implements StreamSink {
   #sendBuffer (buf: Buffer): Promise<void> {
     return new Promise((resolve, reject) => {
       if (!this.write(buf)) {
-        if (this.isConnected) resolve() // dropped by the 'drop' policy: the caller asked for lossy delivery
+        if (this.isConnected) resolve() // dropped by the 'drop' policy: the route asked for lossy delivery
         else reject(new FLL_ERR_SSE_CLOSED(this.#closeReason))
         return
       }
@@ -273,6 +276,9 @@ export class SseStream implements StreamSink {
     }
     // Nothing more can reach a client that does not read: cut it, and free what waits for it.
     this.#closeReason = 'slow consumer'
+    this.#cut = true
+    this.#state = 'closing' // no more writes; #onClose finishes the cleanup when the socket is gone
+    this.#stopTimers()
     destroy(this.#res, new FLL_ERR_SSE_SLOW_CONSUMER(maxBufferedBytes))
   }
 
@@ -359,7 +365,7 @@ export class SseStream implements StreamSink {
   /** #onClose runs once, when the response closes: the client left, or the stream ended. */
   readonly #onClose = (): void => {
     if (this.#state === 'closed') return
-    const clientLeft = this.#state !== 'closing'
+    const clientLeft = this.#state !== 'closing' || this.#cut
     this.#clientLeft = clientLeft
     this.#state = 'closed'
     this.#stopTimers()

@@ -1,0 +1,34 @@
+// ours: Fastify with fastify-long-lived's connections and sse plugins (built to dist/ by
+// `npm run build`). The route subscribes each stream to one hub channel; a broadcast publishes
+// the M events on it: each is encoded once and queued on every subscribed stream, and each
+// stream writes its queue as one write per event-loop turn (setImmediate).
+// SSE_BENCH_MAX_BUFFERED (bytes), set by the driver when M x event size would not fit the
+// default 1 MiB, raises maxBufferedBytes so that no client is cut as a slow consumer.
+import Fastify from 'fastify'
+import connections from '../../../dist/plugins/connections.js'
+import sse from '../../../dist/plugins/sse/index.js'
+import { makePayloads, runServer } from './common.js'
+
+const app = Fastify({ logger: false })
+const options = { heartbeatInterval: null, history: { historySize: 0 } }
+if (process.env.SSE_BENCH_MAX_BUFFERED !== undefined) options.maxBufferedBytes = Number(process.env.SSE_BENCH_MAX_BUFFERED)
+await app.register(connections)
+await app.register(sse, options)
+const channel = app.sse.channel('bench')
+
+app.get('/events', { sse: true }, async (request, reply) => {
+  reply.sse.subscribe(channel)
+})
+app.get('/probe', async () => 'ok')
+
+await runServer({
+  async listen () {
+    await app.listen({ port: 0, host: '127.0.0.1' })
+    return app.server.address().port
+  },
+  subscribers: () => channel.subscribers,
+  broadcast (m, b) {
+    const payload = makePayloads(b)
+    for (let i = 0; i < m; i++) channel.publish({ data: payload(i) })
+  }
+})
