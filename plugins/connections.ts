@@ -132,6 +132,12 @@ export interface ConnectionRegistry {
   waitForIdle (timeout: number): Promise<DrainCounts['waitForIdle']>
   /** destroyAll destroys every open connection at once. */
   destroyAll (): DrainCounts['destroyAll']
+  /**
+   * closeStreamsOnClose makes the registry end every open stream in `preClose`, so that
+   * `fastify.close()` never waits on one. A plugin that ends them itself during close (the
+   * shutdown plugin) sets it to false. @default true
+   */
+  closeStreamsOnClose: boolean
 }
 
 /** Options of the connections plugin. */
@@ -465,6 +471,8 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       })
     },
 
+    closeStreamsOnClose: true,
+
     destroyAll () {
       let destroyed = 0
       for (const conn of [...conns.values()]) {
@@ -563,7 +571,7 @@ async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOpt
   // Streams are long-lived by design: without this, server.close() would wait for them forever
   // (the @fastify/sse #57 hang). The shutdown plugin closes them earlier, spread over a window.
   fastify.addHook('preClose', async () => {
-    await registry.closeStreams({ reason: 'server closing' })
+    if (registry.closeStreamsOnClose) await registry.closeStreams({ reason: 'server closing' })
   })
   fastify.addHook('onClose', async () => { detach() })
 }

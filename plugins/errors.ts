@@ -74,3 +74,37 @@ export const FLL_ERR_SSE_SLOW_CONSUMER = createError<'FLL_ERR_SSE_SLOW_CONSUMER'
   'fastify-long-lived: the SSE client reads too slowly: more than %d bytes were waiting for it',
   500
 )
+
+/** The shutdown budgets do not fit inside the signal handler's delay or the orchestrator's grace period. */
+export const FLL_ERR_SHUTDOWN_BUDGET = createError<'FLL_ERR_SHUTDOWN_BUDGET', [string]>(
+  'FLL_ERR_SHUTDOWN_BUDGET',
+  'fastify-long-lived: the shutdown budget does not fit: %s',
+  500,
+  RangeError
+)
+
+/** The shutdown finished, but not cleanly (stragglers destroyed, a stream or a hook failed, or an error caused it). */
+export const FLL_ERR_SHUTDOWN_UNCLEAN = createError<'FLL_ERR_SHUTDOWN_UNCLEAN', [string]>(
+  'FLL_ERR_SHUTDOWN_UNCLEAN',
+  'fastify-long-lived: shutdown finished uncleanly: %s',
+  500
+)
+
+/**
+ * The upstream closed a reused keep-alive connection before sending a byte of the response, and
+ * the request was not retried (its method is not idempotent, or its body cannot be sent again).
+ * The undici error is the `cause`.
+ */
+export const FLL_ERR_UPSTREAM_CONNECTION_CLOSED = createError<'FLL_ERR_UPSTREAM_CONNECTION_CLOSED', [string, string, string, { cause: unknown }?]>(
+  'FLL_ERR_UPSTREAM_CONNECTION_CLOSED',
+  'fastify-long-lived: the upstream closed a reused connection before answering %s %s: the request may or may not ' +
+  'have been processed, and it was not retried because %s',
+  502
+)
+
+/** The upstream client is closing or closed: a new request was refused, or one in flight was cut at closeTimeout. */
+export const FLL_ERR_UPSTREAM_CLOSED = createError<'FLL_ERR_UPSTREAM_CLOSED', [string]>(
+  'FLL_ERR_UPSTREAM_CLOSED',
+  'fastify-long-lived: the upstream client is closed (%s)',
+  503
+)

@@ -14,3 +14,5 @@ export { default as sse, ssePlugin, acceptsEventStream, encodeEvent, encodeEvent
 export type {
   ChannelOptions, HistoryStore, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings, SseSource, StoredEvent, StreamSink, Subscribable
 } from './sse/index.js'
+export { default as shutdown, shutdownPlugin } from './shutdown.js'
+export type { Lifecycle, LifecycleState, ShutdownCause, ShutdownOptions, ShutdownOutcome } from './shutdown.js'

@@ -183,6 +183,12 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
 
     const handler = route.handler
     route.handler = async function sseHandler (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
+      // While the server drains, a new stream gets the final event at once: EventSource treats
+      // a 503 (any non-200) as final and would never come back; this way it reconnects elsewhere.
+      if (registry.draining) {
+        await reply.sse.closeGracefully('shutdown')
+        return reply
+      }
       try {
         const result = await handler.call(this, request, reply)
         const stream = (reply as ReplyWithStream)[kStream]

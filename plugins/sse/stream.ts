@@ -147,7 +147,7 @@ export class SseStream implements StreamSink {
     if (!http2) (res as ServerResponse).socket?.setNoDelay(true)
     this.#state = 'open'
     res.on('drain', this.#onDrain)
-    this.#registry?.trackStream(res, { close: (reason) => this.#closeGracefully(reason) })
+    this.#registry?.trackStream(res, { close: (reason) => this.closeGracefully(reason) })
     if (this.#settings.retry !== null) this.write(encodeEvent({ retry: this.#settings.retry }))
     else res.flushHeaders()
     this.#startTimers()
@@ -312,8 +312,12 @@ export class SseStream implements StreamSink {
     this.#end('source failed')
   }
 
-  /** The registry's (and the lifetime's) graceful close: a final event with a jittered retry. */
-  #closeGracefully (reason: string): Promise<void> {
+  /**
+   * closeGracefully ends the stream the way the server tells a client to come back later: a
+   * final `closeEvent` whose data is `reason`, with `retry` = reconnectDelay + a random jitter,
+   * then the end. Used by shutdown (through the registry), maxLifetime and draining.
+   */
+  closeGracefully (reason: string): Promise<void> {
     if (this.#state === 'new') this.sendHeaders()
     if (this.#state !== 'open') return this.#ended
     const { closeEvent, reconnectDelay, reconnectJitter } = this.#settings
@@ -350,7 +354,7 @@ export class SseStream implements StreamSink {
     if (maxLifetime !== null) {
       // Jittered down by up to 10 %, so streams opened together do not all end together.
       const lifetime = Math.max(1, Math.round(maxLifetime * (1 - Math.random() * 0.1)))
-      this.#lifetimeTimer = setTimeout(() => { this.#closeGracefully('max lifetime').catch(() => {}) }, lifetime)
+      this.#lifetimeTimer = setTimeout(() => { this.closeGracefully('max lifetime').catch(() => {}) }, lifetime)
       this.#lifetimeTimer.unref()
     }
   }

@@ -1,0 +1,395 @@
+/**
+ * shutdown: the lifecycle of a server with long-lived connections, decorated as
+ * `fastify.lifecycle`: running -> draining -> closing -> closed.
+ *
+ * - draining (a signal, or lifecycle.drain()): readiness answers 503, every response carries
+ *   `Connection: close` and its connection closes when it is done; the listener stays open for
+ *   `drainDelay` so load balancers take the instance out first; then the streams get a final
+ *   event with a jittered `retry`, spread over `streamDrainWindow`.
+ * - closing (fastify.close()): the listener closes, idle connections close at once, requests
+ *   in flight get until `closeTimeout`, stragglers are destroyed and counted; only then do the
+ *   `onClose` hooks run (pools, databases, the upstream client).
+ * - closed: the outcome (clean or not, and why) resolves `lifecycle.done`. The host decides to
+ *   exit; this plugin never calls process.exit. With `signals` on, close-with-grace, which
+ *   handles SIGTERM/SIGINT and crashes, exits once the shutdown is done (0 when clean, else 1).
+ *
+ * Like Go's Shutdown it stops accepting, closes idle connections, answers Connection: close
+ * and waits; unlike it, it also ends hijacked streams, gracefully.
+ */
+import closeWithGrace from 'close-with-grace'
+import type { FastifyInstance } from 'fastify'
+import fp from 'fastify-plugin'
+import { EventEmitter } from 'node:events'
+import { FLL_ERR_SHUTDOWN_BUDGET, FLL_ERR_SHUTDOWN_UNCLEAN } from './errors.js'
+import { fastifyRegisterKeys, invalid, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from './options.js'
+
+/** The states of the lifecycle, in order. */
+export type LifecycleState = 'running' | 'draining' | 'closing' | 'closed'
+
+/** Why the shutdown started. */
+export type ShutdownCause = 'signal' | 'error' | 'manual' | 'close'
+
+/** What a finished shutdown reports. */
+export interface ShutdownOutcome {
+  /** True when everything closed on its own: no straggler destroyed, no stream or hook failed, not caused by an error. */
+  clean: boolean
+  cause: ShutdownCause
+  signal: string | null
+  error: Error | null
+  /** Why it is not clean, in words (empty when clean). */
+  failures: string[]
+  durations: { draining: number, closing: number, total: number }
+  counts: {
+    /** Streams ended with a final event, and those whose graceful close failed. */
+    streamsClosed: number
+    streamsFailed: number
+    /** Idle connections closed when closing began. */
+    idleClosed: number
+    /** Requests (and streams) in flight when closing began, and those that finished by themselves. */
+    inFlightAtClose: number
+    inFlightFinished: number
+    /** Connections still busy at `closeTimeout`, destroyed. */
+    destroyed: number
+  }
+}
+
+/** Options of the shutdown plugin (durations in ms). */
+export interface ShutdownOptions {
+  /**
+   * drainDelay is how long the listener stays open after draining starts, serving requests with
+   * `Connection: close`, so load balancers see readiness fail and take the instance out before
+   * it stops accepting. Kubernetes deployments want about 5000. @default 0
+   */
+  drainDelay?: number
+  /** streamDrainWindow spreads the final events of open streams over this many ms, so clients do not all reconnect at once. @default 2000 */
+  streamDrainWindow?: number
+  /** closeTimeout is how long requests in flight get to finish once closing starts; then they are destroyed. @default 10000 */
+  closeTimeout?: number
+  /** hooksTimeout is the allowance for `onClose` hooks (pools, databases) in the budget check. @default 5000 */
+  hooksTimeout?: number
+  /** errorCloseTimeout replaces closeTimeout (and skips drainDelay and the stream window) when a crash starts the shutdown. @default 3000 */
+  errorCloseTimeout?: number
+  /**
+   * signals installs close-with-grace for SIGTERM, SIGINT, uncaughtException and
+   * unhandledRejection; it exits the process once the shutdown is done (0 when clean, else 1).
+   * false when the host owns signals: call `fastify.lifecycle.shutdown()` yourself. @default true
+   */
+  signals?: boolean
+  /**
+   * signalDelay is close-with-grace's deadline: past it the process exits with 1 whatever is
+   * open. Must hold drainDelay + streamDrainWindow + closeTimeout + hooksTimeout. @default 25000
+   */
+  signalDelay?: number
+  /** terminationGracePeriod is the orchestrator's grace period (Kubernetes: 30000); signalDelay must fit inside it. null: not checked. @default null */
+  terminationGracePeriod?: number | null
+  /** readinessPath registers a GET route answering 200 while running, 503 from draining on. null: none. @default null */
+  readinessPath?: string | null
+  /** livenessPath registers a GET route answering 200 until the server is closed. null: none. @default null */
+  livenessPath?: string | null
+}
+
+/** The lifecycle, decorated as `fastify.lifecycle`. Emits 'draining', 'closing' and 'closed' (with the outcome). */
+export interface Lifecycle extends EventEmitter {
+  readonly state: LifecycleState
+  /** done resolves with the outcome once the server is closed, however the shutdown started. */
+  readonly done: Promise<ShutdownOutcome>
+  /** drain enters draining (idempotent): readiness 503, Connection: close. It does not close anything. */
+  drain (): void
+  /** shutdown runs the whole sequence (idempotent: a second call returns the same promise). */
+  shutdown (opts?: { signal?: string, error?: Error }): Promise<ShutdownOutcome>
+  /** forceClose destroys every connection at once (what a second signal does) and logs what was open. */
+  forceClose (why: string): void
+  /** The resolved options, frozen. */
+  readonly options: Readonly<Required<ShutdownOptions>>
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    /** The lifecycle of fastify-long-lived's shutdown plugin. */
+    lifecycle: Lifecycle
+  }
+}
+
+const knownOptions = [
+  'drainDelay', 'streamDrainWindow', 'closeTimeout', 'hooksTimeout', 'errorCloseTimeout', 'signals',
+  'signalDelay', 'terminationGracePeriod', 'readinessPath', 'livenessPath'
+] as const
+
+function pathOption (name: string, value: unknown): string | null {
+  if (value === undefined || value === null) return null
+  if (typeof value !== 'string' || !value.startsWith('/')) throw invalid(name, "a path starting with '/', or null", value)
+  return value
+}
+
+/** resolveOptions validates the options, checks the budget, and returns a frozen resolved copy. */
+export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOptions>> {
+  const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
+  if (o.signals !== undefined && typeof o.signals !== 'boolean') throw invalid('signals', 'a boolean', o.signals)
+  const r: Required<ShutdownOptions> = {
+    drainDelay: nonNegativeInt('drainDelay', o.drainDelay, 0),
+    streamDrainWindow: nonNegativeInt('streamDrainWindow', o.streamDrainWindow, 2e3),
+    closeTimeout: positiveInt('closeTimeout', o.closeTimeout, 10e3, 'ms'),
+    hooksTimeout: nonNegativeInt('hooksTimeout', o.hooksTimeout, 5e3),
+    errorCloseTimeout: positiveInt('errorCloseTimeout', o.errorCloseTimeout, 3e3, 'ms'),
+    signals: o.signals ?? true,
+    signalDelay: positiveInt('signalDelay', o.signalDelay, 25e3, 'ms'),
+    terminationGracePeriod: positiveIntOrNull('terminationGracePeriod', o.terminationGracePeriod, null, 'ms'),
+    readinessPath: pathOption('readinessPath', o.readinessPath),
+    livenessPath: pathOption('livenessPath', o.livenessPath)
+  }
+  const sum = r.drainDelay + r.streamDrainWindow + r.closeTimeout + r.hooksTimeout
+  const parts = `drainDelay ${r.drainDelay} + streamDrainWindow ${r.streamDrainWindow} + closeTimeout ${r.closeTimeout} + hooksTimeout ${r.hooksTimeout} = ${sum} ms`
+  if (r.signals && sum > r.signalDelay) {
+    throw new FLL_ERR_SHUTDOWN_BUDGET(`${parts}, more than signalDelay ${r.signalDelay} ms: raise signalDelay or lower the others`)
+  }
+  if (r.terminationGracePeriod !== null) {
+    const outer = r.signals ? r.signalDelay : sum
+    const what = r.signals ? `signalDelay ${r.signalDelay} ms` : parts
+    if (outer > r.terminationGracePeriod) {
+      throw new FLL_ERR_SHUTDOWN_BUDGET(`${what}, more than terminationGracePeriod ${r.terminationGracePeriod} ms: the orchestrator would kill the process first`)
+    }
+  }
+  return Object.freeze(r)
+}
+
+/** delay waits `ms`, unless `cut` fires first (a second signal must not wait out the drain). */
+function delay (ms: number, cut: AbortSignal): Promise<void> {
+  if (ms === 0 || cut.aborted) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms)
+    function done (): void {
+      clearTimeout(timer)
+      cut.removeEventListener('abort', done)
+      resolve()
+    }
+    cut.addEventListener('abort', done)
+  })
+}
+
+class LifecycleImpl extends EventEmitter implements Lifecycle {
+  readonly options: Readonly<Required<ShutdownOptions>>
+  readonly done: Promise<ShutdownOutcome>
+  #fastify: FastifyInstance
+  #state: LifecycleState = 'running'
+  #resolveDone!: (outcome: ShutdownOutcome) => void
+  #shutdown: Promise<ShutdownOutcome> | null = null
+  #forced = new AbortController()
+  #startedAt = 0
+  #drainingAt = 0
+  #closingAt = 0
+  #cause: ShutdownCause = 'close'
+  #signal: string | null = null
+  #error: Error | null = null
+  #failures: string[] = []
+  #counts: ShutdownOutcome['counts'] = {
+    streamsClosed: 0, streamsFailed: 0, idleClosed: 0, inFlightAtClose: 0, inFlightFinished: 0, destroyed: 0
+  }
+
+  constructor (fastify: FastifyInstance, options: Readonly<Required<ShutdownOptions>>) {
+    super()
+    this.#fastify = fastify
+    this.options = options
+    this.done = new Promise((resolve) => { this.#resolveDone = resolve })
+  }
+
+  get state (): LifecycleState { return this.#state }
+
+  /** shuttingDown is true once shutdown() was called (rather than fastify.close() directly). */
+  get shuttingDown (): boolean { return this.#shutdown !== null }
+
+  #enter (state: 'draining' | 'closing'): void {
+    this.#state = state
+    this.emit(state)
+  }
+
+  drain (): void {
+    if (this.#state !== 'running') return
+    this.#drainingAt = performance.now()
+    if (this.#startedAt === 0) this.#startedAt = this.#drainingAt
+    const { marked } = this.#fastify.connections.setDraining()
+    this.#enter('draining')
+    this.#fastify.log.info({ lifecycle: 'draining', inFlightMarked: marked, drainDelay: this.options.drainDelay },
+      'fastify-long-lived: draining: readiness is 503, every response now carries Connection: close')
+  }
+
+  shutdown (opts: { signal?: string, error?: Error } = {}): Promise<ShutdownOutcome> {
+    if (this.#shutdown !== null) return this.#shutdown
+    this.#startedAt = performance.now()
+    this.#signal = opts.signal ?? null
+    this.#error = opts.error ?? null
+    this.#cause = opts.error !== undefined ? 'error' : opts.signal !== undefined ? 'signal' : 'manual'
+    if (this.#error !== null) {
+      this.#failures.push(`caused by an error: ${this.#error.message}`)
+      this.#fastify.log.error({ err: this.#error }, 'fastify-long-lived: shutting down after an error')
+    }
+    this.#shutdown = this.#run()
+    return this.#shutdown
+  }
+
+  async #run (): Promise<ShutdownOutcome> {
+    const crash = this.#cause === 'error'
+    this.drain()
+    // A crash skips the courtesy: no drain delay, no spreading of the stream closes.
+    await delay(crash ? 0 : this.options.drainDelay, this.#forced.signal)
+    await this.#closeStreams(crash || this.#forced.signal.aborted ? 0 : this.options.streamDrainWindow)
+    let closeError: Error | null = null
+    try {
+      await this.#fastify.close()
+    } catch (err) {
+      closeError = err as Error
+      this.#fastify.log.error({ err }, 'fastify-long-lived: fastify.close() failed')
+    }
+    // Here every onClose hook has run (a failing one made close() reject): the outcome is final.
+    this.finish(closeError)
+    return await this.done
+  }
+
+  async #closeStreams (window: number): Promise<void> {
+    const started = performance.now()
+    const { closed, failed } = await this.#fastify.connections.closeStreams({ window, reason: 'shutdown' })
+    this.#counts.streamsClosed += closed
+    this.#counts.streamsFailed += failed
+    if (failed > 0) this.#failures.push(`${failed} stream(s) failed to close gracefully`)
+    this.#fastify.log.info({ lifecycle: 'draining', streamsClosed: closed, streamsFailed: failed, window, durationMs: Math.round(performance.now() - started) },
+      'fastify-long-lived: streams told to reconnect elsewhere')
+  }
+
+  /** The closing phase, run from preClose whether the shutdown started here or fastify.close() was called directly. */
+  async close (): Promise<void> {
+    if (this.#state === 'closing' || this.#state === 'closed') return
+    const registry = this.#fastify.connections
+    if (this.#state === 'running') this.drain() // fastify.close() called directly
+    if (registry.stats().streams > 0) await this.#closeStreams(0)
+    this.#closingAt = performance.now()
+    this.#enter('closing')
+    const { closed: idleClosed } = registry.closeIdle()
+    // Stop accepting now, before waiting: Fastify would close the listener only after preClose.
+    this.#fastify.server.close(() => {})
+    const before = registry.stats()
+    const inFlightAtClose = before.inFlight + before.streams
+    const timeout = this.#cause === 'error' ? Math.min(this.options.errorCloseTimeout, this.options.closeTimeout) : this.options.closeTimeout
+    const waited = this.#forced.signal.aborted ? { idle: false, active: before.inFlight, streams: before.streams } : await this.#waitForIdle(timeout)
+    const stragglers = waited.active + waited.streams
+    // Whatever is left now is either busy past its deadline, or an idle socket whose client has
+    // not closed its side yet: both are destroyed, only the first are counted as stragglers.
+    registry.destroyAll()
+    Object.assign(this.#counts, { idleClosed, inFlightAtClose, inFlightFinished: Math.max(0, inFlightAtClose - stragglers), destroyed: stragglers })
+    if (stragglers > 0) this.#failures.push(`${stragglers} request(s) or stream(s) still busy after ${timeout} ms were destroyed`)
+    this.#fastify.log.info({
+      lifecycle: 'closing',
+      idleClosed,
+      inFlightAtClose,
+      inFlightFinished: this.#counts.inFlightFinished,
+      destroyed: stragglers,
+      closeTimeout: timeout,
+      durationMs: Math.round(performance.now() - this.#closingAt)
+    }, 'fastify-long-lived: closing: listener closed, in-flight requests done')
+  }
+
+  async #waitForIdle (timeout: number): Promise<{ idle: boolean, active: number, streams: number }> {
+    const registry = this.#fastify.connections
+    let onForced = (): void => {}
+    const forced = new Promise<{ idle: boolean, active: number, streams: number }>((resolve) => {
+      onForced = () => {
+        const s = registry.stats()
+        resolve({ idle: false, active: s.inFlight, streams: s.streams })
+      }
+      this.#forced.signal.addEventListener('abort', onForced, { once: true })
+    })
+    try {
+      return await Promise.race([registry.waitForIdle(timeout), forced])
+    } finally {
+      this.#forced.signal.removeEventListener('abort', onForced)
+    }
+  }
+
+  forceClose (why: string): void {
+    if (this.#forced.signal.aborted) return
+    const open = this.#fastify.connections.stats()
+    this.#fastify.log.error({ lifecycle: this.#state, open: open.open, inFlight: open.inFlight, streams: open.streams, active: open.active },
+      `fastify-long-lived: ${why}: destroying every connection now`)
+    this.#failures.push(`forced: ${why}`)
+    this.#forced.abort() // the closing phase counts what was busy as destroyed
+    this.#fastify.connections.destroyAll()
+  }
+
+  /** finish runs after the onClose hooks: the outcome. */
+  finish (hookError: Error | null): void {
+    if (this.#state === 'closed') return
+    if (hookError !== null) this.#failures.push(`an onClose hook failed: ${hookError.message}`)
+    const now = performance.now()
+    if (this.#startedAt === 0) this.#startedAt = this.#closingAt
+    const outcome: ShutdownOutcome = {
+      clean: this.#failures.length === 0,
+      cause: this.#cause,
+      signal: this.#signal,
+      error: this.#error,
+      failures: [...this.#failures],
+      durations: {
+        draining: Math.round((this.#closingAt || now) - (this.#drainingAt || this.#closingAt || now)),
+        closing: Math.round(now - (this.#closingAt || now)),
+        total: Math.round(now - this.#startedAt)
+      },
+      counts: { ...this.#counts }
+    }
+    this.#state = 'closed'
+    this.#fastify.log.info({
+      lifecycle: 'closed',
+      clean: outcome.clean,
+      cause: outcome.cause,
+      signal: outcome.signal,
+      durations: outcome.durations,
+      counts: outcome.counts,
+      failures: outcome.failures
+    },
+      `fastify-long-lived: closed ${outcome.clean ? 'cleanly' : 'with failures'} in ${outcome.durations.total} ms`)
+    this.emit('closed', outcome)
+    this.#resolveDone(outcome)
+  }
+}
+
+async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions): Promise<void> {
+  const options = resolveOptions(opts)
+  const lifecycle = new LifecycleImpl(fastify, options)
+  fastify.decorate('lifecycle', lifecycle as Lifecycle)
+  // This plugin ends the streams itself during close (and counts them): the registry's own
+  // safety net in preClose, which runs before ours, must leave them to us.
+  fastify.connections.closeStreamsOnClose = false
+
+  if (options.readinessPath !== null) {
+    fastify.get(options.readinessPath, async (_req, reply) => {
+      if (lifecycle.state === 'running') return { status: 'ready' }
+      return reply.code(503).send({ status: lifecycle.state })
+    })
+  }
+  if (options.livenessPath !== null) {
+    fastify.get(options.livenessPath, async () => ({ status: 'alive', lifecycle: lifecycle.state }))
+  }
+
+  fastify.addHook('preClose', async () => { await lifecycle.close() })
+  // When fastify.close() is called directly, the outcome is settled here (onClose hooks run in
+  // reverse order of registration, so register this plugin after the plugins it should outlast).
+  // A shutdown() settles it itself once fastify.close() has returned, every hook included.
+  fastify.addHook('onClose', async () => { if (!lifecycle.shuttingDown) lifecycle.finish(null) })
+
+  if (options.signals) {
+    const handle = closeWithGrace({
+      delay: options.signalDelay,
+      logger: { error: (msg: unknown) => { fastify.log.error(msg as object) } },
+      onSecondSignal (signal) { lifecycle.forceClose(`second ${signal}`) },
+      onSecondError (err) { fastify.log.error({ err }, 'fastify-long-lived: another error while shutting down'); lifecycle.forceClose('second error') },
+      onTimeout (ms) { lifecycle.forceClose(`shutdown took longer than signalDelay (${ms} ms)`) }
+    }, async ({ signal, err }) => {
+      const outcome = await lifecycle.shutdown({ signal, error: err })
+      if (!outcome.clean) throw new FLL_ERR_SHUTDOWN_UNCLEAN(outcome.failures.join('; '))
+    })
+    fastify.addHook('onClose', async () => { handle.uninstall() })
+  }
+}
+
+export default fp(shutdownPlugin, {
+  name: 'fastify-long-lived/shutdown',
+  fastify: '5.x',
+  dependencies: ['fastify-long-lived/connections']
+})
+export { shutdownPlugin }
