@@ -116,10 +116,11 @@ export interface ConnectionRegistry {
    */
   setDraining (): DrainCounts['setDraining']
   /**
-   * closeIdle closes every connection with no request in flight and no stream: HTTP/1.x
-   * through Node's `server.closeIdleConnections()`, HTTP/2 sessions with a GOAWAY.
+   * closeIdle closes every connection with no request in flight and no stream: keep-alive
+   * HTTP/1.x sockets through Node's `server.closeIdleConnections()`, HTTP/2 sessions with a
+   * GOAWAY, and (unless `includeNew` is false) sockets that have not sent a byte yet.
    */
-  closeIdle (): DrainCounts['closeIdle']
+  closeIdle (opts?: { includeNew?: boolean }): DrainCounts['closeIdle']
   /**
    * closeStreams calls each stream's `close(reason)`, spread evenly over `window` ms so that
    * clients do not all reconnect in the same instant. Resolves when every close has settled.
@@ -396,7 +397,8 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       return { marked }
     },
 
-    closeIdle () {
+    closeIdle (opts = {}) {
+      const includeNew = opts.includeNew ?? true
       let closed = 0
       const h1Idle: Connection[] = []
       for (const conn of conns.values()) {
@@ -406,8 +408,10 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
           closed++
         } else if (conn.requests === 0 && conn.socket.bytesRead === 0) {
           // A socket that has not sent a byte holds nothing (Node would keep it until headersTimeout).
-          conn.socket.destroy()
-          closed++
+          if (includeNew) {
+            conn.socket.destroy()
+            closed++
+          }
         } else {
           h1Idle.push(conn)
         }

@@ -152,6 +152,10 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
   return Object.freeze(r)
 }
 
+// How long (ms) a connection that has sent nothing yet gets, once the listener is closed, before
+// it counts as idle: a request sent just before the listener closed arrives within this.
+const newConnectionGrace = 250
+
 /** delay waits `ms`, unless `cut` fires first (a second signal must not wait out the drain). */
 function delay (ms: number, cut: AbortSignal): Promise<void> {
   if (ms === 0 || cut.aborted) return Promise.resolve()
@@ -262,18 +266,29 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
     if (registry.stats().streams > 0) await this.#closeStreams(0)
     this.#closingAt = performance.now()
     this.#enter('closing')
-    const { closed: idleClosed } = registry.closeIdle()
+    const forced = this.#forced.signal
+    // Keep-alive sockets between requests close now; sockets that have not sent a byte yet are
+    // left a moment: one accepted just before the listener closed may have its request on the wire.
+    let { closed: idleClosed } = registry.closeIdle({ includeNew: false })
     // Stop accepting now, before waiting: Fastify would close the listener only after preClose.
     this.#fastify.server.close(() => {})
     const before = registry.stats()
     const inFlightAtClose = before.inFlight + before.streams
     const timeout = this.#cause === 'error' ? Math.min(this.options.errorCloseTimeout, this.options.closeTimeout) : this.options.closeTimeout
-    const waited = this.#forced.signal.aborted ? { idle: false, active: before.inFlight, streams: before.streams } : await this.#waitForIdle(timeout)
+    const deadline = this.#closingAt + timeout
+    const remaining = (): number => Math.max(0, Math.round(deadline - performance.now()))
+    let waited = await this.#waitForIdle(remaining())
+    if (waited.idle && this.#hasNewConnections() && !forced.aborted) {
+      await delay(Math.min(newConnectionGrace, remaining()), forced)
+      waited = await this.#waitForIdle(remaining())
+    }
+    idleClosed += registry.closeIdle().closed
     const stragglers = waited.active + waited.streams
     // Whatever is left now is either busy past its deadline, or an idle socket whose client has
     // not closed its side yet: both are destroyed, only the first are counted as stragglers.
     registry.destroyAll()
-    Object.assign(this.#counts, { idleClosed, inFlightAtClose, inFlightFinished: Math.max(0, inFlightAtClose - stragglers), destroyed: stragglers })
+    const arrived = registry.stats().requestsTotal - before.requestsTotal
+    Object.assign(this.#counts, { idleClosed, inFlightAtClose, inFlightFinished: Math.max(0, inFlightAtClose + arrived - stragglers), destroyed: stragglers })
     if (stragglers > 0) this.#failures.push(`${stragglers} request(s) or stream(s) still busy after ${timeout} ms were destroyed`)
     this.#fastify.log.info({
       lifecycle: 'closing',
@@ -286,8 +301,19 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
     }, 'fastify-long-lived: closing: listener closed, in-flight requests done')
   }
 
+  /** #hasNewConnections: is a connection open that has not sent a byte yet? */
+  #hasNewConnections (): boolean {
+    let found = false
+    this.#fastify.connections.forEach((info) => { if (info.requests === 0 && info.inFlight === 0 && info.bytesRead === 0) found = true })
+    return found
+  }
+
   async #waitForIdle (timeout: number): Promise<{ idle: boolean, active: number, streams: number }> {
     const registry = this.#fastify.connections
+    if (this.#forced.signal.aborted) {
+      const s = registry.stats()
+      return { idle: false, active: s.inFlight, streams: s.streams }
+    }
     let onForced = (): void => {}
     const forced = new Promise<{ idle: boolean, active: number, streams: number }>((resolve) => {
       onForced = () => {
