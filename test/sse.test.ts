@@ -122,6 +122,37 @@ test('replay: an id no longer in the buffer (or from another process) gets a res
   }
 })
 
+test('ephemeral channels: no ids, no replay, never a reset; restored events resume clients across a restart', async (t) => {
+  const { app: first } = await sseApp(t)
+  const oldTicks = first.sse.channel('ticks', { historySize: 3 })
+  const oldIds = [1, 2, 3, 4].map((n) => oldTicks.publish({ event: 'tick', data: { n } }))
+  const saved = oldTicks.events()
+  t.equal(saved.length, 3)
+  await first.close()
+
+  // The next process starts with what the first one saved.
+  const { app } = await sseApp(t)
+  const ticks = app.sse.channel('ticks', { historySize: 3, events: saved })
+  const stats = app.sse.channel('stats', { ephemeral: true })
+  app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe([ticks, stats]) })
+  const port = await listen(app)
+  const newId = ticks.publish({ event: 'tick', data: { n: 5 } })
+  t.ok(Number(newId) > Number(oldIds[3]), 'ids keep growing across the restart')
+  t.equal(stats.publish({ event: 'stats', data: { open: 1 } }), '', 'an ephemeral event has no id')
+
+  const resumed = await openStream(t, port, '/events', { 'last-event-id': oldIds[1]! })
+  await resumed.waitEvents(3)
+  t.same(resumed.events.map((e) => JSON.parse(e.data).n), [3, 4, 5], 'exactly the missed ticks, from both processes')
+  stats.publish({ event: 'stats', data: { open: 2 } })
+  await resumed.waitEvents(4)
+  t.same(resumed.events[3], { event: 'stats', id: undefined, data: '{"open":2}' }, 'live ephemeral events arrive, without an id')
+
+  const tooOld = await openStream(t, port, '/events', { 'last-event-id': oldIds[0]! })
+  await tooOld.waitEvents(1)
+  t.equal(tooOld.events[0]!.event, 'reset', 'an id pushed out of the saved window resets')
+  t.equal(tooOld.events.filter((e) => e.event === 'reset').length, 1, 'the ephemeral channel adds no reset')
+})
+
 test('Last-Event-ID from a query parameter only when enabled', async (t) => {
   const { app } = await sseApp(t, { lastEventIdQuery: 'lastEventId' })
   app.get('/events', { sse: true }, async (_req, reply) => { await reply.sse.send({ data: String(reply.sse.lastEventId) }) })

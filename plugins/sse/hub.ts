@@ -39,7 +39,21 @@ export interface ChannelOptions {
   historySize?: number
   /** historyTtl (ms) drops kept events older than that. null: kept until pushed out. @default null */
   historyTtl?: number | null
+  /**
+   * ephemeral marks a channel of throw-away events (live stats, presence): they carry no id
+   * unless the publisher gives one, are never replayed, and missing them never causes a reset.
+   * @default false
+   */
+  ephemeral?: boolean
+  /**
+   * events seeds the replay buffer with events kept from an earlier process (`channel.events()`
+   * saved on close), so clients resume across a restart. Only at creation. @default []
+   */
+  events?: readonly StoredEvent[]
 }
+
+/** The hub-wide defaults of the replay buffer. */
+export type HistoryDefaults = Required<Pick<ChannelOptions, 'historySize' | 'historyTtl'>>
 
 /** MemoryHistory is a ring of the last `size` events, optionally expiring after `ttl` ms. */
 export class MemoryHistory implements HistoryStore {
@@ -53,6 +67,19 @@ export class MemoryHistory implements HistoryStore {
     this.#size = size
     this.#ttl = ttl
     this.#lostUpTo = firstSeq - 1
+  }
+
+  /** restore seeds the buffer with earlier events (oldest first); the ones before them count as lost. */
+  restore (events: readonly StoredEvent[]): void {
+    if (this.#events.length > 0) throw new Error('MemoryHistory.restore() must come before any append()')
+    this.#events = events.slice(-this.#size)
+    if (this.#events.length > 0) this.#lostUpTo = this.#events[0]!.seq - 1
+  }
+
+  /** events returns the kept events, oldest first (expired ones dropped). */
+  events (): StoredEvent[] {
+    this.#expire()
+    return [...this.#events]
   }
 
   append (event: StoredEvent): void {
@@ -91,14 +118,18 @@ export class MemoryHistory implements HistoryStore {
 export class Channel implements Subscribable {
   readonly name: string
   readonly #hub: Hub
-  readonly #history: HistoryStore
+  readonly #history: MemoryHistory | null
   readonly #sinks = new Set<StreamSink>()
 
-  constructor (hub: Hub, name: string, history: HistoryStore) {
+  /** A null history makes an ephemeral channel. */
+  constructor (hub: Hub, name: string, history: MemoryHistory | null) {
     this.#hub = hub
     this.name = name
     this.#history = history
   }
+
+  /** events returns the events kept for replay, oldest first: save them to resume after a restart. */
+  events (): StoredEvent[] { return this.#history?.events() ?? [] }
 
   /** subscribers is the number of streams currently subscribed. */
   get subscribers (): number { return this.#sinks.size }
@@ -108,6 +139,11 @@ export class Channel implements Subscribable {
    * Returns the event's id (the channel's sequence when the event had none).
    */
   publish (event: SseEvent): string {
+    if (this.#history === null) {
+      const buf = encodeEvent(event, this.#hub.serializer)
+      for (const sink of this.#sinks) sink.write(buf)
+      return event.id === undefined ? '' : String(event.id)
+    }
     const seq = this.#hub.nextSeq()
     const id = event.id === undefined ? String(seq) : String(event.id)
     const buf = encodeEvent(event.id === undefined ? { ...event, id } : event, this.#hub.serializer)
@@ -120,7 +156,7 @@ export class Channel implements Subscribable {
   attach (sink: StreamSink, lastEventId: string | null): { replayed: number, reset: boolean } {
     let replayed = 0
     let reset = false
-    if (lastEventId !== null) {
+    if (lastEventId !== null && this.#history !== null) {
       const missed = /^\d{1,16}$/.test(lastEventId) && Number(lastEventId) > this.#hub.lastSeq
         ? null // "from the future": another process's id
         : this.#history.since(lastEventId)
@@ -145,11 +181,11 @@ export class Channel implements Subscribable {
 export class Hub {
   readonly serializer: Serializer
   readonly #channels = new Map<string, Channel>()
-  readonly #defaults: Required<ChannelOptions>
+  readonly #defaults: HistoryDefaults
   readonly #firstSeq: number
   #seq: number
 
-  constructor (serializer: Serializer, defaults: Required<ChannelOptions>, now = Date.now()) {
+  constructor (serializer: Serializer, defaults: HistoryDefaults, now = Date.now()) {
     this.serializer = serializer
     this.#defaults = defaults
     this.#firstSeq = now * 1000
@@ -168,7 +204,12 @@ export class Hub {
     if (channel === undefined) {
       const size = opts.historySize ?? this.#defaults.historySize
       const ttl = opts.historyTtl === undefined ? this.#defaults.historyTtl : opts.historyTtl
-      channel = new Channel(this, name, new MemoryHistory(size, ttl, this.#firstSeq))
+      let history: MemoryHistory | null = null
+      if (opts.ephemeral !== true) {
+        history = new MemoryHistory(size, ttl, this.#firstSeq)
+        if (opts.events !== undefined) history.restore(opts.events)
+      }
+      channel = new Channel(this, name, history)
       this.#channels.set(name, channel)
     }
     return channel

@@ -10,13 +10,13 @@ import fp from 'fastify-plugin'
 import { FLL_ERR_SSE_CLOSED } from '../errors.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
 import { jsonSerializer, type Serializer } from './encoder.js'
-import { Hub, type ChannelOptions } from './hub.js'
+import { Hub, type ChannelOptions, type HistoryDefaults } from './hub.js'
 import { SseStream, type StreamSettings } from './stream.js'
 
 export { encodeEvent, encodeEventText, jsonSerializer } from './encoder.js'
 export type { Serializer, SseEvent } from './encoder.js'
 export { Channel, Hub, MemoryHistory } from './hub.js'
-export type { ChannelOptions, HistoryStore, StoredEvent } from './hub.js'
+export type { ChannelOptions, HistoryDefaults, HistoryStore, StoredEvent } from './hub.js'
 export { SseStream } from './stream.js'
 export type { SseSource, StreamSink, Subscribable } from './stream.js'
 
@@ -53,7 +53,7 @@ export interface SseOptions extends SseRouteSettings {
   /** lastEventIdQuery names a query parameter read as Last-Event-ID when the header is absent (for polyfills). null: header only. @default null */
   lastEventIdQuery?: string | null
   /** history is the default replay buffer of channels. @default { historySize: 100, historyTtl: null } */
-  history?: ChannelOptions
+  history?: Pick<ChannelOptions, 'historySize' | 'historyTtl'>
 }
 
 /** The `sse` route option: true, or per-route settings. */
@@ -96,7 +96,7 @@ function resolveRouteSettings (name: string, o: Record<string, unknown>, base: S
 }
 
 /** resolveOptions validates the plugin options into the default stream settings and channel defaults. */
-export function resolveOptions (opts: unknown): { settings: StreamSettings, history: Required<ChannelOptions> } {
+export function resolveOptions (opts: unknown): { settings: StreamSettings, history: HistoryDefaults } {
   const o = objectOption('', opts, [...pluginKeys, ...fastifyRegisterKeys])
   const closeEvent = o.closeEvent ?? 'reconnect'
   if (typeof closeEvent !== 'string' || closeEvent === '' || /[\r\n]/.test(closeEvent)) {
