@@ -153,6 +153,22 @@ test('ephemeral channels: no ids, no replay, never a reset; restored events resu
   t.equal(tooOld.events.filter((e) => e.event === 'reset').length, 1, 'the ephemeral channel adds no reset')
 })
 
+test('a replay across several channels comes in publish order', async (t) => {
+  const { app } = await sseApp(t)
+  const a = app.sse.channel('a')
+  const b = app.sse.channel('b')
+  app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe([a, b]) })
+  const port = await listen(app)
+  const first = a.publish({ data: 'a1' })
+  b.publish({ data: 'b1' })
+  a.publish({ data: 'a2' })
+  b.publish({ data: 'b2' })
+  const s = await openStream(t, port, '/events', { 'last-event-id': first })
+  await s.waitEvents(3)
+  t.same(s.events.map((e) => e.data), ['b1', 'a2', 'b2'])
+  t.ok(s.events.every((e, i) => i === 0 || Number(e.id) > Number(s.events[i - 1]!.id)), 'ids only grow')
+})
+
 test('Last-Event-ID from a query parameter only when enabled', async (t) => {
   const { app } = await sseApp(t, { lastEventIdQuery: 'lastEventId' })
   app.get('/events', { sse: true }, async (_req, reply) => { await reply.sse.send({ data: String(reply.sse.lastEventId) }) })

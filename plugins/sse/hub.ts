@@ -153,23 +153,15 @@ export class Channel implements Subscribable {
     return id
   }
 
-  attach (sink: StreamSink, lastEventId: string | null): { replayed: number, reset: boolean } {
-    let replayed = 0
-    let reset = false
-    if (lastEventId !== null && this.#history !== null) {
-      const missed = /^\d{1,16}$/.test(lastEventId) && Number(lastEventId) > this.#hub.lastSeq
-        ? null // "from the future": another process's id
-        : this.#history.since(lastEventId)
-      if (missed === null) {
-        reset = true
-        sink.write(encodeEvent({ event: 'reset', data: { channel: this.name, lastEventId } }))
-      } else {
-        for (const e of missed) sink.write(e.buf)
-        replayed = missed.length
-      }
-    }
+  missed (lastEventId: string): StoredEvent[] | null {
+    if (this.#history === null) return [] // ephemeral: nothing to replay, nothing to lose
+    // An id "from the future" belongs to another process: what came between is unknown.
+    if (/^\d{1,16}$/.test(lastEventId) && Number(lastEventId) > this.#hub.lastSeq) return null
+    return this.#history.since(lastEventId)
+  }
+
+  attach (sink: StreamSink): void {
     this.#sinks.add(sink)
-    return { replayed, reset }
   }
 
   detach (sink: StreamSink): void {

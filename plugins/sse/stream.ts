@@ -32,8 +32,14 @@ export interface StreamSettings {
 
 /** Something a stream can subscribe to (a hub channel). */
 export interface Subscribable {
-  /** attach starts delivering to `sink`, after replaying what it missed since `lastEventId`. */
-  attach (sink: StreamSink, lastEventId: string | null): { replayed: number, reset: boolean }
+  readonly name: string
+  /**
+   * missed returns the events published after `lastEventId` (each with its hub-wide `seq`, so
+   * several channels' replays can be merged in publish order), or null when they are lost.
+   */
+  missed (lastEventId: string): Array<{ seq: number, buf: Buffer }> | null
+  /** attach delivers every new event to `sink` until detach. */
+  attach (sink: StreamSink): void
   detach (sink: StreamSink): void
 }
 
@@ -175,17 +181,29 @@ export class SseStream implements StreamSink {
   subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
     this.sendHeaders()
-    const list = Array.isArray(channels) ? channels : [channels]
-    let replayed = 0
+    const list = (Array.isArray(channels) ? channels : [channels]).filter((c) => !this.#subscriptions.has(c))
+    const missed: Array<{ seq: number, buf: Buffer }> = []
     let reset = false
-    for (const channel of list) {
-      if (this.#subscriptions.has(channel)) continue
-      const r = channel.attach(this, this.#lastEventId)
-      this.#subscriptions.add(channel)
-      replayed += r.replayed
-      reset ||= r.reset
+    if (this.#lastEventId !== null) {
+      for (const channel of list) {
+        const events = channel.missed(this.#lastEventId)
+        if (events !== null) {
+          missed.push(...events)
+        } else {
+          reset = true
+          this.write(encodeEvent({ event: 'reset', data: { channel: channel.name, lastEventId: this.#lastEventId } }))
+        }
+      }
+      // In publish order across channels, so the client's Last-Event-ID never skips back.
+      missed.sort((a, b) => a.seq - b.seq)
+      for (const e of missed) this.write(e.buf)
     }
-    return { replayed, reset }
+    // Nothing can be published between the replay and the attach: this is all synchronous.
+    for (const channel of list) {
+      channel.attach(this)
+      this.#subscriptions.add(channel)
+    }
+    return { replayed: missed.length, reset }
   }
 
   /** close ends the stream after what is queued has been written. Resolves once it has ended. */
