@@ -60,13 +60,15 @@ async function longLivedPlugin (fastify: FastifyInstance, opts: LongLivedOptions
   const sse = section<SseOpts>('sse', o.sse)
   const client = section<ClientOpts>('client', o.client)
   const shutdown = section<ShutdownOpts>('shutdown', o.shutdown)
-  // Order matters: connections first; shutdown last, so its onClose outlasts the others'.
+  // Order matters: connections first, the others stand on it; shutdown second, because onClose
+  // hooks run in reverse order of registration: its outcome is settled once the client pool (and
+  // whatever the app registers later) has closed.
   await fastify.register(connectionsPluginDefault, { metrics })
+  if (shutdown !== null) await fastify.register(shutdownPluginDefault, shutdown)
   if (timeouts !== null) await fastify.register(timeoutsPluginDefault, timeouts)
   if (sse !== null) await fastify.register(ssePluginDefault, sse)
   if (client !== null) await fastify.register(clientPluginDefault, { ...client, metrics })
-  if (shutdown !== null) await fastify.register(shutdownPluginDefault, shutdown)
 }
 
-/** longLived registers connections, timeouts, sse, client and shutdown from one options object. */
+/** longLived registers connections, shutdown, timeouts, sse and client from one options object. */
 export const longLived = fp(longLivedPlugin, { name: 'fastify-long-lived', fastify: '5.x' })

@@ -393,9 +393,10 @@ async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions):
   }
 
   fastify.addHook('preClose', async () => { await lifecycle.close() })
-  // When fastify.close() is called directly, the outcome is settled here (onClose hooks run in
-  // reverse order of registration, so register this plugin after the plugins it should outlast).
-  // A shutdown() settles it itself once fastify.close() has returned, every hook included.
+  // When fastify.close() is called directly, the outcome is settled here. onClose hooks run in
+  // reverse order of registration: register this plugin before the plugins it should outlast
+  // (pools, databases), right after connections. A shutdown() settles the outcome itself once
+  // fastify.close() has returned, every hook included.
   fastify.addHook('onClose', async () => { if (!lifecycle.shuttingDown) lifecycle.finish(null) })
 
   if (options.signals) {
