@@ -28,6 +28,9 @@ export interface StreamClient {
   ended: Promise<void>
   /** waitEvents resolves once at least `n` events arrived. */
   waitEvents: (n: number, ms?: number) => Promise<void>
+  /** pause stops reading (the server's queue for this client fills up); resume reads again. */
+  pause: () => void
+  resume: () => void
   close: () => Promise<void>
 }
 
@@ -60,6 +63,8 @@ export async function openStream (t: Test, port: number, path: string, headers: 
     retries,
     ended,
     waitEvents: (n, ms = 5000) => waitUntil(() => events.length >= n, ms, `${n} events`),
+    pause: () => { res.body.pause() },
+    resume: () => { res.body.resume() },
     close: async () => { await client.destroy() }
   }
 }

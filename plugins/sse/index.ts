@@ -10,6 +10,7 @@ import fp from 'fastify-plugin'
 import { FLL_ERR_SSE_CLOSED } from '../errors.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
 import { jsonSerializer, type Serializer } from './encoder.js'
+import { Flusher } from './flusher.js'
 import { Hub, type ChannelOptions, type HistoryDefaults } from './hub.js'
 import { SseStream, type StreamSettings } from './stream.js'
 
@@ -149,6 +150,9 @@ export function acceptsEventStream (accept: string | undefined): boolean {
   return best > 0 && q > 0
 }
 
+// ms one turn of the event loop may spend writing streams out before it yields to other work.
+const flushBudget = 5
+
 const kStream = Symbol('fastify-long-lived.sse.stream')
 const kSettings = Symbol('fastify-long-lived.sse.settings')
 
@@ -157,13 +161,16 @@ type ReplyWithStream = FastifyReply & { [kStream]: SseStream | null }
 async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<void> {
   const { settings, history } = resolveOptions(opts)
   const registry = fastify.connections
+  // One flusher for all the app's streams: a broadcast's writes are spread over turns of the
+  // event loop (at most flushBudget ms each), so requests are served while it goes out.
+  const flusher = new Flusher(flushBudget)
   fastify.decorate('sse', new Hub(settings.serializer, history))
   fastify.decorateReply(kStream, null)
   fastify.decorateReply('sse', {
     getter (this: FastifyReply) {
       const reply = this as ReplyWithStream
       const config = reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined
-      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, registry)
+      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, registry, flusher)
       return reply[kStream]
     }
   })

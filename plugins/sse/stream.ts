@@ -3,9 +3,9 @@
  * queue with backpressure, the heartbeat, the AbortSignal, and the close with a final event.
  *
  * Delivery: events written during one turn of the event loop are queued as encoded Buffers and
- * written to the socket as one write when the turn ends (setImmediate), so a burst, a replay or
- * a fast iterator costs one `write()` instead of one per event, and a lone event still leaves
- * within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
+ * written to the socket as one write when the turn ends (the app's Flusher), so a burst, a
+ * replay or a fast iterator costs one `write()` instead of one per event, and a lone event still
+ * leaves within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
  * `maxBufferedBytes`; past it, the slow-consumer policy applies.
  */
 import type { FastifyReply, FastifyRequest } from 'fastify'
@@ -14,6 +14,7 @@ import type { Http2ServerResponse } from 'node:http2'
 import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
 import type { ConnectionRegistry } from '../connections.js'
 import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
+import type { Flushable, Flusher } from './flusher.js'
 
 /** What a stream needs to know, resolved by the plugin from its options and the route's. */
 export interface StreamSettings {
@@ -63,19 +64,22 @@ function isIterable (value: unknown): value is AsyncIterable<unknown> | Iterable
 }
 
 /** SseStream is `reply.sse`: the stream of one request, created on first use. */
-export class SseStream implements StreamSink {
+export class SseStream implements StreamSink, Flushable {
   readonly #reply: FastifyReply
   // Typed as HTTP/1.x; HTTP/2's compat response has the same methods, and the helpers at the
   // end of this file handle where it differs.
   readonly #res: ServerResponse
   readonly #settings: StreamSettings
   readonly #registry: ConnectionRegistry | null
+  readonly #flusher: Flusher
   readonly #abort = new AbortController()
   readonly #lastEventId: string | null
   #state: State = 'new'
   #pending: Buffer[] = []
   #pendingBytes = 0
   #flushScheduled = false
+  /** True from a write() that returned false until 'drain': the client has not taken an earlier turn's bytes. */
+  #backedUp = false
   #flushWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
   #drainWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
   #dropped = 0
@@ -94,8 +98,9 @@ export class SseStream implements StreamSink {
   /** Set when the slow-consumer policy cut the client. */
   #cut = false
 
-  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, registry: ConnectionRegistry | null) {
+  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, registry: ConnectionRegistry | null, flusher: Flusher) {
     this.#reply = reply
+    this.#flusher = flusher
     this.#res = reply.raw as ServerResponse
     this.#settings = settings
     this.#registry = registry
@@ -220,7 +225,7 @@ export class SseStream implements StreamSink {
     // The limit applies while the socket is backed up, i.e. the client has not yet taken what
     // an earlier turn wrote. A burst within one turn says nothing about the client (Node corks
     // the socket until the turn ends anyway), so it is queued whole and written at once.
-    if (this.bufferedBytes + buf.length > this.#settings.maxBufferedBytes && needsDrain(this.#res)) {
+    if (this.#backedUp && this.bufferedBytes + buf.length > this.#settings.maxBufferedBytes) {
       this.#slowConsumer()
       return false
     }
@@ -233,7 +238,7 @@ export class SseStream implements StreamSink {
     this.#pendingBytes += buf.length
     if (!this.#flushScheduled) {
       this.#flushScheduled = true
-      setImmediate(this.#flush)
+      this.#flusher.schedule(this)
     }
   }
 
@@ -248,10 +253,11 @@ export class SseStream implements StreamSink {
     })
   }
 
-  readonly #flush = (): void => {
+  /** flushNow hands what is queued to the socket now, unless the socket is backed up (then 'drain' does). */
+  flushNow (): void {
     this.#flushScheduled = false
     if (this.#state !== 'open' || this.#pending.length === 0) return
-    if (needsDrain(this.#res)) return // #onDrain flushes
+    if (this.#backedUp) return // #onDrain flushes
     this.#writePending()
   }
 
@@ -261,6 +267,7 @@ export class SseStream implements StreamSink {
     this.#pending = []
     this.#pendingBytes = 0
     const ok = this.#res.write(data)
+    this.#backedUp = !ok
     this.#lastWriteAt = performance.now()
     const waiters = this.#flushWaiters
     this.#flushWaiters = []
@@ -269,6 +276,7 @@ export class SseStream implements StreamSink {
   }
 
   readonly #onDrain = (): void => {
+    this.#backedUp = false
     const waiters = this.#drainWaiters
     this.#drainWaiters = []
     for (const w of waiters) w.resolve()
@@ -277,7 +285,7 @@ export class SseStream implements StreamSink {
       this.#dropped = 0
       this.#enqueue(encodeEvent({ event: 'dropped', data: { count } }))
     }
-    if (this.#pending.length > 0) this.#flush()
+    if (this.#pending.length > 0) this.flushNow()
   }
 
   #slowConsumer (): void {
@@ -428,10 +436,6 @@ export class SseStream implements StreamSink {
 // Http2ServerResponse is not a Writable: its stream holds what ServerResponse has itself.
 function h2stream (res: ServerResponse): Http2ServerResponse['stream'] | undefined {
   return (res as unknown as Partial<Http2ServerResponse>).stream
-}
-
-function needsDrain (res: ServerResponse): boolean {
-  return res.writableNeedDrain ?? h2stream(res)?.writableNeedDrain ?? false
 }
 
 function isDestroyed (res: ServerResponse): boolean {
