@@ -110,17 +110,17 @@ test('a request sent during a 1000-client broadcast is answered while the broadc
   await new Promise((resolve) => { setTimeout(resolve, 20) }) // the probe is sent 20 ms into the broadcast, as in the benchmark
   const probeStart = performance.now()
   const probe = await request(`http://127.0.0.1:${port}/probe`)
-  await probe.body.text()
+  const { waiting } = await probe.body.json() as { waiting: number }
   const probeDone = performance.now()
   const { publishMs } = await published
   await waitUntil(() => counts.every((c, i) => c - before[i]! >= events), 30000, 'every client to get every event')
   const deliveredMs = performance.now() - start
   const probeMs = probeDone - probeStart
-  // Timing on a shared 2-core machine: the assertion is relative (answered well before the
-  // broadcast is out; without yielding it is answered only at the very end), with a loose
-  // absolute bound; the figures are printed for the record.
-  t.ok(probeDone - start < 0.75 * deliveredMs && probeMs < 1000,
-    `probe answered in ${probeMs.toFixed(1)} ms, ${(probeDone - start).toFixed(0)} ms into a broadcast that took ${deliveredMs.toFixed(0)} ms ` +
-    `to reach all ${clients} clients (the publish loop itself: ${publishMs.toFixed(1)} ms)`)
+  // This process also reads 1000 sockets, so its clock says little about the server's: the
+  // server itself tells how many streams were still waiting for their writes when it served the
+  // probe (without yielding, all of them are written before it). Figures are printed for the record.
+  t.ok(waiting > 0, `the probe was served while ${waiting} of ${clients} streams still had bytes to write`)
+  t.ok(probeMs < 1000, `probe answered in ${probeMs.toFixed(1)} ms, ${(probeDone - start).toFixed(0)} ms into a broadcast that took ` +
+    `${deliveredMs.toFixed(0)} ms to reach all ${clients} clients (the publish loop itself: ${publishMs.toFixed(1)} ms)`)
   t.ok(counts.every((c, i) => c - before[i]! === events), 'every client got exactly every event')
 })

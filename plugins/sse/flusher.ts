@@ -18,6 +18,10 @@ export class Flusher {
   readonly #budget: number
   #list: Flushable[] = []
   #scheduled = false
+  // The last join: in a broadcast every subscriber queued the same Buffers, so they all write
+  // the same joined Buffer instead of each copying the events into its own.
+  #joinedParts: Buffer[] = []
+  #joined: Buffer | null = null
 
   /** budget (ms) is the longest one turn spends writing before it yields. */
   constructor (budget: number) {
@@ -33,6 +37,22 @@ export class Flusher {
     }
   }
 
+  /**
+   * join returns `parts` as one Buffer, the same one as the previous call when the parts are the
+   * same Buffers in the same order (compared by identity: cheaper than copying them again).
+   */
+  join (parts: Buffer[], bytes: number): Buffer {
+    const last = this.#joinedParts
+    if (this.#joined !== null && last.length === parts.length && this.#joined.length === bytes) {
+      let same = true
+      for (let i = 0; i < parts.length; i++) if (parts[i] !== last[i]) { same = false; break }
+      if (same) return this.#joined
+    }
+    this.#joinedParts = parts
+    this.#joined = Buffer.concat(parts, bytes)
+    return this.#joined
+  }
+
   readonly #run = (): void => {
     this.#scheduled = false
     const deadline = performance.now() + this.#budget
@@ -46,6 +66,8 @@ export class Flusher {
     }
     // What was written leaves the list, so a list that never empties (a steady firehose) does not grow.
     this.#list = i < list.length ? list.slice(i) : []
+    this.#joinedParts = [] // keep no event alive past this turn
+    this.#joined = null
     if (this.#list.length > 0) {
       this.#scheduled = true
       setImmediate(this.#run)

@@ -263,7 +263,7 @@ export class SseStream implements StreamSink, Flushable {
 
   /** #writePending hands the whole queue to Node as one write and settles the sends waiting for it. */
   #writePending (): void {
-    const data = this.#pending.length === 1 ? this.#pending[0]! : Buffer.concat(this.#pending, this.#pendingBytes)
+    const data = this.#pending.length === 1 ? this.#pending[0]! : this.#flusher.join(this.#pending, this.#pendingBytes)
     this.#pending = []
     this.#pendingBytes = 0
     const ok = this.#res.write(data)
