@@ -26,7 +26,7 @@ export type {
 export { default as shutdown, shutdownPlugin } from './shutdown.js'
 export type { Lifecycle, LifecycleState, ShutdownCause, ShutdownOptions, ShutdownOutcome } from './shutdown.js'
 export { default as client, clientPlugin } from './client.js'
-export type { ClientOptions } from './client.js'
+export type { ClientOptions, ResolvedClientOptions, Upstream, UpstreamCloseResult, UpstreamOriginStats, UpstreamRequestOptions } from './client.js'
 
 // longLived: every plugin of the kit from one options object.
 
