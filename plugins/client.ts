@@ -23,8 +23,8 @@ import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { ConnectionOptions } from 'node:tls'
 import { Agent, Client, Pool, RetryHandler, buildConnector, request as undiciRequest, type Dispatcher } from 'undici'
-import type { PromRegistryLike } from './connections.js'
-import { FLL_ERR_MISSING_PEER, FLL_ERR_UPSTREAM_CLOSED, FLL_ERR_UPSTREAM_CONNECTION_CLOSED } from './errors.js'
+import { checkMetricsOption, registerMetrics, type MetricSpec, type MetricsOption } from './metrics.js'
+import { FLL_ERR_UPSTREAM_CLOSED, FLL_ERR_UPSTREAM_CONNECTION_CLOSED } from './errors.js'
 import {
   fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull
 } from './options.js'
@@ -105,7 +105,7 @@ export interface ClientOptions {
    * with an `origin` label, on the given prom-client registry (read at scrape time). Needs the
    * optional peer `prom-client`. null or absent: no metrics.
    */
-  metrics?: { registry: PromRegistryLike, prefix?: string } | null
+  metrics?: MetricsOption | null
 }
 
 /** The resolved options, frozen, exposed as `fastify.upstream.options`. */
@@ -239,7 +239,7 @@ export function resolveOptions (opts: unknown): ResolvedClientOptions {
     if (!isPlainObject(o.tls)) throw invalid('tls', 'an object of TLS options (ca, cert, key, servername...) or null', o.tls)
     tls = Object.freeze({ ...o.tls })
   }
-  validateMetrics(o.metrics)
+  checkMetricsOption(o.metrics)
   return Object.freeze({
     connections: positiveIntOrNull('connections', o.connections, defaults.connections),
     keepAliveTimeout: positiveInt('keepAliveTimeout', o.keepAliveTimeout, defaults.keepAliveTimeout, 'ms; use pipelining: 0 to turn keep-alive off'),
@@ -255,18 +255,6 @@ export function resolveOptions (opts: unknown): ResolvedClientOptions {
     closeTimeout: nonNegativeInt('closeTimeout', o.closeTimeout, defaults.closeTimeout),
     metrics: o.metrics !== undefined && o.metrics !== null
   })
-}
-
-function validateMetrics (metrics: unknown): void {
-  if (metrics === undefined || metrics === null) return
-  const m = objectOption('metrics', metrics, ['registry', 'prefix'])
-  const reg = m.registry as Partial<PromRegistryLike> | undefined
-  if (reg === null || typeof reg !== 'object' || typeof reg.registerMetric !== 'function' || typeof reg.removeSingleMetric !== 'function') {
-    throw invalid('metrics.registry', 'a prom-client Registry', reg)
-  }
-  if (m.prefix !== undefined && (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(m.prefix))) {
-    throw invalid('metrics.prefix', 'a Prometheus metric name prefix such as \'myapp_\'', m.prefix)
-  }
 }
 
 /** The plugin's own counters for one origin. */
@@ -615,57 +603,18 @@ function createUpstream (fastify: FastifyInstance, options: ResolvedClientOption
   return upstream
 }
 
-async function registerMetrics (upstream: Upstream, opts: NonNullable<ClientOptions['metrics']>): Promise<() => void> {
-  let prom: typeof import('prom-client')
-  try {
-    prom = await import('prom-client')
-  } catch {
-    throw new FLL_ERR_MISSING_PEER('metrics', 'prom-client')
-  }
-  const prefix = (opts.prefix ?? 'fastify_long_lived_') + 'upstream_'
-  const target = opts.registry as unknown as import('prom-client').Registry
-  const names: string[] = []
-  const labelNames = ['origin'] as const
-  const gauge = (name: string, help: string, read: (s: UpstreamOriginStats) => number): void => {
-    names.push(prefix + name)
-    // eslint-disable-next-line no-new
-    new prom.Gauge({
-      name: prefix + name,
-      help,
-      labelNames,
-      registers: [target],
-      collect () {
-        this.reset()
-        for (const [origin, s] of Object.entries(upstream.stats())) this.set({ origin }, read(s))
-      }
-    })
-  }
-  const counter = (name: string, help: string, read: (s: UpstreamOriginStats) => number): void => {
-    names.push(prefix + name)
-    // eslint-disable-next-line no-new
-    new prom.Counter({
-      name: prefix + name,
-      help,
-      labelNames,
-      registers: [target],
-      // Read from the plugin's counters at scrape time, so nothing runs per request.
-      collect () {
-        this.reset()
-        for (const [origin, s] of Object.entries(upstream.stats())) this.inc({ origin }, read(s))
-      }
-    })
-  }
-  gauge('connections_open', 'Open connections to the upstream', (s) => s.connected)
-  gauge('connections_free', 'Open connections to the upstream that can take a request', (s) => s.free)
-  gauge('requests_running', 'Requests written to the upstream whose response has not completed', (s) => s.running)
-  gauge('requests_pending', 'Requests waiting for a connection to the upstream (or to be written on one)', (s) => s.pending)
-  counter('connections_total', 'Connections opened to the upstream', (s) => s.connectionsTotal)
-  counter('requests_total', 'Requests written to the upstream (a retried request counts twice)', (s) => s.requestsTotal)
-  counter('reused_requests_total', 'Requests written on a connection that had carried an earlier request', (s) => s.reusedRequestsTotal)
-  counter('stale_closes_total', 'Requests that met a reused connection the upstream closed before any response byte', (s) => s.staleClosesTotal)
-  counter('retries_total', 'Requests retried on a fresh connection after meeting a stale one', (s) => s.retriesTotal)
-  return () => { for (const name of names) target.removeSingleMetric(name) }
-}
+/** The pool's numbers per origin as Prometheus metrics (`fastify_long_lived_upstream_*`, label `origin`). */
+const upstreamMetrics: Array<MetricSpec<UpstreamOriginStats>> = [
+  { type: 'gauge', name: 'connections_open', help: 'Open connections to the upstream', read: (s) => s.connected },
+  { type: 'gauge', name: 'connections_free', help: 'Open connections to the upstream that can take a request', read: (s) => s.free },
+  { type: 'gauge', name: 'requests_running', help: 'Requests written to the upstream whose response has not completed', read: (s) => s.running },
+  { type: 'gauge', name: 'requests_pending', help: 'Requests waiting for a connection to the upstream (or to be written on one)', read: (s) => s.pending },
+  { type: 'counter', name: 'connections_total', help: 'Connections opened to the upstream', read: (s) => s.connectionsTotal },
+  { type: 'counter', name: 'requests_total', help: 'Requests written to the upstream (a retried request counts twice)', read: (s) => s.requestsTotal },
+  { type: 'counter', name: 'reused_requests_total', help: 'Requests written on a connection that had carried an earlier request', read: (s) => s.reusedRequestsTotal },
+  { type: 'counter', name: 'stale_closes_total', help: 'Requests that met a reused connection the upstream closed before any response byte', read: (s) => s.staleClosesTotal },
+  { type: 'counter', name: 'retries_total', help: 'Requests retried on a fresh connection after meeting a stale one', read: (s) => s.retriesTotal }
+]
 
 async function clientPlugin (fastify: FastifyInstance, opts: ClientOptions): Promise<void> {
   const options = resolveOptions(opts)
@@ -674,7 +623,7 @@ async function clientPlugin (fastify: FastifyInstance, opts: ClientOptions): Pro
   let unregister: (() => void) | null = null
   if (opts.metrics != null) {
     try {
-      unregister = await registerMetrics(upstream, opts.metrics)
+      unregister = await registerMetrics(opts.metrics, 'upstream_', upstreamMetrics, () => Object.entries(upstream.stats()), 'origin')
     } catch (err) {
       await upstream.close()
       throw err

@@ -11,7 +11,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import type { Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2Session } from 'node:http2'
 import type { Socket } from 'node:net'
 import { Server as TlsServer } from 'node:tls'
-import { FLL_ERR_MISSING_PEER } from './errors.js'
+import { checkMetricsOption, registerMetrics, type MetricSpec, type MetricsOption } from './metrics.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, objectOption } from './options.js'
 
 /** StreamHandle is what a long-lived response gives the registry so it can be ended gracefully. */
@@ -148,14 +148,10 @@ export interface ConnectionsOptions {
    * on the given prom-client registry (read at scrape time: no cost per request). Needs the
    * optional peer `prom-client`. null or absent: no metrics.
    */
-  metrics?: { registry: PromRegistryLike, prefix?: string } | null
+  metrics?: MetricsOption | null
 }
 
-/** The part of a prom-client Registry the plugin uses. */
-export interface PromRegistryLike {
-  registerMetric (metric: unknown): void
-  removeSingleMetric (name: string): void
-}
+export type { PromRegistryLike } from './metrics.js'
 
 declare module 'fastify' {
   interface FastifyInstance {
@@ -507,60 +503,25 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   return { registry, detach }
 }
 
-async function registerMetrics (registry: ConnectionRegistry, opts: NonNullable<ConnectionsOptions['metrics']>): Promise<() => void> {
-  let prom: typeof import('prom-client')
-  try {
-    prom = await import('prom-client')
-  } catch {
-    throw new FLL_ERR_MISSING_PEER('metrics', 'prom-client')
-  }
-  const prefix = opts.prefix ?? 'fastify_long_lived_'
-  const target = opts.registry as unknown as import('prom-client').Registry
-  const names: string[] = []
-  const gauge = (name: string, help: string, read: (s: ConnectionStats) => number): void => {
-    names.push(prefix + name)
-    // eslint-disable-next-line no-new
-    new prom.Gauge({ name: prefix + name, help, registers: [target], collect () { this.set(read(registry.stats())) } })
-  }
-  const counter = (name: string, help: string, read: (s: ConnectionStats) => number): void => {
-    names.push(prefix + name)
-    // eslint-disable-next-line no-new
-    new prom.Counter({
-      name: prefix + name,
-      help,
-      registers: [target],
-      // Counters are read from the registry at scrape time, so nothing runs per request.
-      collect () { this.reset(); this.inc(read(registry.stats())) }
-    })
-  }
-  gauge('connections_open', 'Open connections (HTTP/1.x sockets and HTTP/2 sessions)', (s) => s.open)
-  gauge('connections_idle', 'Open connections with no request in flight', (s) => s.idle)
-  gauge('connections_active', 'Open connections with a request in flight', (s) => s.active)
-  gauge('streams_open', 'Open long-lived streams (SSE)', (s) => s.streams)
-  gauge('requests_in_flight', 'Requests whose response has not finished', (s) => s.inFlight)
-  gauge('draining', '1 while the server is draining, else 0', (s) => (s.draining ? 1 : 0))
-  counter('connections_total', 'Connections accepted', (s) => s.connectionsTotal)
-  counter('requests_total', 'Requests received', (s) => s.requestsTotal)
-  counter('reused_requests_total', 'Requests received on an already used keep-alive connection', (s) => s.reusedRequestsTotal)
-  counter('slow_uploads_closed_total', 'Connections closed for sending a request body below the minimum data rate', (s) => s.slowUploadsClosed)
-  counter('slow_downloads_closed_total', 'Connections closed for reading a response below the minimum data rate', (s) => s.slowDownloadsClosed)
-  counter('slow_consumers_total', 'Streams that met their slow-consumer policy', (s) => s.slowConsumers)
-  return () => { for (const name of names) target.removeSingleMetric(name) }
-}
+/** The registry's numbers as Prometheus metrics (`fastify_long_lived_*`). */
+const registryMetrics: Array<MetricSpec<ConnectionStats>> = [
+  { type: 'gauge', name: 'connections_open', help: 'Open connections (HTTP/1.x sockets and HTTP/2 sessions)', read: (s) => s.open },
+  { type: 'gauge', name: 'connections_idle', help: 'Open connections with no request in flight', read: (s) => s.idle },
+  { type: 'gauge', name: 'connections_active', help: 'Open connections with a request in flight', read: (s) => s.active },
+  { type: 'gauge', name: 'streams_open', help: 'Open long-lived streams (SSE)', read: (s) => s.streams },
+  { type: 'gauge', name: 'requests_in_flight', help: 'Requests whose response has not finished', read: (s) => s.inFlight },
+  { type: 'gauge', name: 'draining', help: '1 while the server is draining, else 0', read: (s) => (s.draining ? 1 : 0) },
+  { type: 'counter', name: 'connections_total', help: 'Connections accepted', read: (s) => s.connectionsTotal },
+  { type: 'counter', name: 'requests_total', help: 'Requests received', read: (s) => s.requestsTotal },
+  { type: 'counter', name: 'reused_requests_total', help: 'Requests received on an already used keep-alive connection', read: (s) => s.reusedRequestsTotal },
+  { type: 'counter', name: 'slow_uploads_closed_total', help: 'Connections closed for sending a request body below the minimum data rate', read: (s) => s.slowUploadsClosed },
+  { type: 'counter', name: 'slow_downloads_closed_total', help: 'Connections closed for reading a response below the minimum data rate', read: (s) => s.slowDownloadsClosed },
+  { type: 'counter', name: 'slow_consumers_total', help: 'Streams that met their slow-consumer policy', read: (s) => s.slowConsumers }
+]
 
 function validate (opts: unknown): ConnectionsOptions {
   const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
-  const metrics = o.metrics
-  if (metrics !== undefined && metrics !== null) {
-    const m = objectOption('metrics', metrics, ['registry', 'prefix'])
-    const reg = m.registry as Partial<PromRegistryLike> | undefined
-    if (reg === null || typeof reg !== 'object' || typeof reg.registerMetric !== 'function' || typeof reg.removeSingleMetric !== 'function') {
-      throw invalid('metrics.registry', 'a prom-client Registry', reg)
-    }
-    if (m.prefix !== undefined && (typeof m.prefix !== 'string' || !/^[a-zA-Z_:][a-zA-Z0-9_:]*$/.test(m.prefix))) {
-      throw invalid('metrics.prefix', 'a Prometheus metric name prefix such as \'myapp_\'', m.prefix)
-    }
-  }
+  checkMetricsOption(o.metrics)
   return o as ConnectionsOptions
 }
 
@@ -569,7 +530,7 @@ async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOpt
   const { registry, detach } = createRegistry(fastify)
   fastify.decorate('connections', registry)
   if (options.metrics != null) {
-    const unregister = await registerMetrics(registry, options.metrics)
+    const unregister = await registerMetrics(options.metrics, '', registryMetrics, () => [['', registry.stats()]])
     fastify.addHook('onClose', async () => { unregister() })
   }
   // Streams are long-lived by design: without this, server.close() would wait for them forever
