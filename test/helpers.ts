@@ -98,3 +98,13 @@ export function get (path: string, headers: Record<string, string> = {}): string
   for (const [k, v] of Object.entries(headers)) lines.push(`${k}: ${v}`)
   return lines.join('\r\n') + '\r\n\r\n'
 }
+
+/** mulberry32: a small seeded PRNG, so a failing case can be replayed from its seed. */
+export function prng (seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6D2B79F5) | 0
+    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}

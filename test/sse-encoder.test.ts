@@ -1,6 +1,7 @@
 import { test } from 'tap'
 import { createParser, type EventSourceMessage } from 'eventsource-parser'
 import { encodeEvent, encodeEventText, type SseEvent } from '../plugins/sse/encoder.js'
+import { prng } from './helpers.js'
 
 /** decode feeds bytes to a WHATWG-conformant parser and returns what a client would see. */
 function decode (bytes: Buffer | string): { events: EventSourceMessage[], retries: number[], comments: string[] } {
@@ -68,16 +69,6 @@ test('rejects what the parser would read differently, with a coded error naming 
   t.ok(err?.cause instanceof TypeError, 'the serializer\'s error is kept as the cause')
   t.throws(() => encodeEvent({ data: 1 }, () => 5 as never), { code: 'FLL_ERR_SSE_INVALID_EVENT', message: /returned number/ })
 })
-
-/** mulberry32: a small seeded PRNG, so a failing case can be replayed from its seed. */
-function prng (seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6D2B79F5) | 0
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 const pieces = ['\r', '\n', '\r\n', '\n\n', '\0', ' ', '  ', ':', ': ', 'data:', 'id:', 'event:', 'retry:', 'a', 'Zz', 'é', '日本', '😀', '\t', '\u2028', '\uFEFF', 'x'.repeat(40)]
 

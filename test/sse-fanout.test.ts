@@ -7,18 +7,8 @@ import { fork } from 'node:child_process'
 import { once } from 'node:events'
 import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import { connect, get, listen, waitUntil, withDeadline } from './helpers.js'
+import { connect, get, listen, prng, waitUntil, withDeadline } from './helpers.js'
 import { openStream, sseApp } from './sse-helpers.js'
-
-/** mulberry32: a small seeded PRNG, so a failing run can be replayed from its seed. */
-function prng (seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6D2B79F5) | 0
-    let x = Math.imul(seed ^ (seed >>> 15), 1 | seed)
-    x = (x + Math.imul(x ^ (x >>> 7), 61 | x)) ^ x
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 test('random bursts to fast and intermittently paused readers: every event, once, in order', async (t) => {
   const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024 * 1024, heartbeatInterval: null })
