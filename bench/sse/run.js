@@ -2,19 +2,20 @@
 // reply, fastify-long-lived's sse plugin ("ours"), @fastify/sse, fastify-sse-v2 and better-sse.
 //
 //   npm run build && node bench/sse/run.js [--scenarios 1000x200x100,5000x20x100] [--rounds 5]
-//                                          [--servers raw,ours,...] [--generators 1] [...]
+//                                          [--servers raw,ours,...] [--generators 2] [...]
 //
 // A scenario NxMxB is N clients, a broadcast of M events of B payload bytes each. Every run
-// forks a fresh server (bench/sse/servers/<name>.js) and a load generator (bench/sse/loadgen.js,
+// forks a fresh server (bench/sse/servers/<name>.js) and load generators (bench/sse/loadgen.js,
 // raw `net` sockets), connects the N clients, waits until the server counts N subscribers,
-// reads the server's RSS (idle, with N connections), then triggers the broadcast over IPC and
-// times it until every client has received all M events; 20 ms into the broadcast it sends
-// one GET /probe on a fresh connection and times its reply. Each round runs every server once,
+// reads the server's RSS and heap (idle, with N connections), runs a discarded warm-up
+// broadcast, then triggers the measured broadcast over IPC and times it until every client has
+// received all M events; 20 ms into it, it sends one GET /probe on a fresh connection and times
+// its reply. A correctness pre-check parses every event first. Each round runs every server once,
 // in an order rotated every round; the tables give medians. Raw numbers go to
 // bench/results/sse-<timestamp>.json. See bench/README.md, "SSE broadcast".
-import { fork, spawn, spawnSync } from 'node:child_process'
+import { fork, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
@@ -44,12 +45,17 @@ const IPC_TIMEOUT_MS = 10e3
 const SUBSCRIBE_TIMEOUT_MS = 30e3
 const PROBE_TIMEOUT_MS = 60e3
 const STOP_TIMEOUT_MS = 5e3
+const STOP_GRACE_MS = 3e3 // a child asked to exit gets this long before SIGKILL
 const BUILD_TIMEOUT_MS = 180e3
 const CONNECT_BATCH_TIMEOUT_MS = 25e3 // the generator gives up on a batch after 20 s
-const OTHER_BENCH = /bench\/keepalive|autocannon/
+const OTHER_BENCH = /bench\/(keepalive|shutdown\/run)\.js|autocannon/
 // ours: the default maxBufferedBytes; a scenario whose M events do not fit gets more.
 const OURS_DEFAULT_MAX_BUFFERED = 1024 * 1024
 const PRECHECK = { n: 20, m: 50, b: 100 }
+// A run is disturbed when, during its broadcast, other processes used more than this share of
+// one core (and more than DISTURBED_MIN_MS): it is kept in the JSON but re-run (--retries).
+const DISTURBED_SHARE = 0.25
+const DISTURBED_MIN_MS = 100
 
 const usage = `usage: node bench/sse/run.js [options]
 
@@ -57,16 +63,23 @@ const usage = `usage: node bench/sse/run.js [options]
                      (default 1000x200x100,5000x20x100; 100x5000x100 is the third one)
   --rounds N         rounds per scenario; each runs every server once, order rotated (default 5)
   --servers LIST     comma-separated subset of: ${SERVERS.map((s) => s.name).join(', ')}
-  --generators N     load-generator processes, the clients split between them (default 1)
+  --generators N     load-generator processes, the clients split between them (default 2)
   --batch N          clients connected at a time (default 200)
   --timeout S        give up on a broadcast after S seconds (default 120)
   --probe-delay MS   when the probe request starts, after the broadcast (default 20)
   --warmup K         discarded broadcasts (same size) before the measured one, per run (default 1)
   --settle MS        pause between "all subscribed" and the idle RSS reading (default 500)
-  --quiet-wait S     wait up to S seconds for bench/keepalive.js or autocannon to finish,
-                     polling every 30 s (default 900; 0 to not wait, and not check)
+  --quiet-wait S     wait up to S seconds for bench/keepalive.js, bench/shutdown/run.js or
+                     autocannon to finish, polling every 30 s (default 900; 0: do not check)
+  --idle-wait S      before each run, wait up to S seconds for the machine to be idle
+                     (< 10 % busy over 1 s; Linux only; default 20; 0: do not wait)
+  --retries K        re-run a disturbed run (other processes took > 25 % of a core during its
+                     broadcast) up to K times; all attempts stay in the JSON (default 2)
   --no-precheck      skip the correctness pre-check (${PRECHECK.n}x${PRECHECK.m}x${PRECHECK.b}, every event parsed)
+  --server-args A    extra node flags for the servers, space-separated (e.g. "--cpu-prof
+                     --cpu-prof-dir=/tmp/prof" to profile them)
   --build            run \`npm run build\` first (it always runs when dist/ is missing)
+  --report FILE      measure nothing: print the tables of a results file (bench/results/sse-*.json)
   -h, --help         this text
 `
 
@@ -91,8 +104,12 @@ function readConfig () {
       settle: { type: 'string' },
       warmup: { type: 'string' },
       'quiet-wait': { type: 'string' },
+      'idle-wait': { type: 'string' },
+      retries: { type: 'string' },
       'no-precheck': { type: 'boolean', default: false },
+      'server-args': { type: 'string' },
       build: { type: 'boolean', default: false },
+      report: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false }
     },
     strict: true
@@ -123,15 +140,19 @@ function readConfig () {
     scenarios,
     servers,
     rounds: intFlag(values, 'rounds', 5, 1, 100),
-    generators: intFlag(values, 'generators', 1, 1, 8),
+    generators: intFlag(values, 'generators', 2, 1, 8),
     batch: intFlag(values, 'batch', 200, 1, 5000),
     timeoutMs: intFlag(values, 'timeout', 120, 1, 3600) * 1e3,
     probeDelayMs: intFlag(values, 'probe-delay', 20, 0, 60e3),
     settleMs: intFlag(values, 'settle', 500, 0, 60e3),
     warmup: intFlag(values, 'warmup', 1, 0, 20),
     quietWait: intFlag(values, 'quiet-wait', 900, 0, 3600),
+    idleWait: intFlag(values, 'idle-wait', 20, 0, 600),
+    retries: intFlag(values, 'retries', 2, 0, 10),
     precheck: !values['no-precheck'],
-    build: values.build
+    build: values.build,
+    report: values.report ?? null,
+    serverArgs: (values['server-args'] ?? '').split(' ').filter((x) => x !== '')
   }
 }
 
@@ -143,11 +164,15 @@ const now = () => performance.now()
 
 /** @type {Set<import('node:child_process').ChildProcess>} */
 const children = new Set()
-let fdLimitWrapper = null // set by checkFdLimit when children must raise their own limit
+let snapshotDir = null // set by snapshotDist
 
 function killAll () {
   for (const child of children) {
     try { child.kill('SIGKILL') } catch {}
+  }
+  if (snapshotDir !== null) {
+    try { rmSync(snapshotDir, { recursive: true, force: true }) } catch {}
+    snapshotDir = null
   }
 }
 process.on('exit', killAll)
@@ -159,15 +184,9 @@ for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
   })
 }
 
-/** startChild forks a node script with an IPC channel (through `sh -c 'ulimit -n'` when needed). */
+/** startChild forks a node script with an IPC channel. */
 function startChild (script, args, env, execArgv = []) {
-  const stdio = ['ignore', 'inherit', 'inherit', 'ipc']
-  let child
-  if (fdLimitWrapper === null) {
-    child = fork(script, args, { cwd: root, stdio, env, execArgv })
-  } else {
-    child = spawn('/bin/sh', ['-c', `ulimit -n ${fdLimitWrapper} && exec "$@"`, 'sh', process.execPath, ...execArgv, script, ...args], { cwd: root, stdio, env })
-  }
+  const child = fork(script, args, { cwd: root, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env, execArgv })
   children.add(child)
   child.once('exit', () => { children.delete(child) })
   // An IPC write can fail once the child is gone; that is seen through 'exit'.
@@ -175,12 +194,16 @@ function startChild (script, args, env, execArgv = []) {
   return child
 }
 
+/** stopChild asks the child to exit (so that e.g. --cpu-prof can write its profile), then kills it. */
 function stopChild (child) {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, STOP_TIMEOUT_MS)
+    let timer = setTimeout(() => {
+      child.kill('SIGKILL')
+      timer = setTimeout(resolve, STOP_TIMEOUT_MS)
+    }, STOP_GRACE_MS)
     child.once('exit', () => { clearTimeout(timer); resolve() })
-    child.kill('SIGKILL')
+    try { child.send({ type: 'exit' }) } catch { child.kill('SIGKILL') }
   })
 }
 
@@ -235,21 +258,20 @@ async function waitForOtherBenchmarks (seconds) {
   }
 }
 
-function checkFdLimit (maxClients, generators) {
-  const r = spawnSync('/bin/sh', ['-c', 'echo $(ulimit -Sn) $(ulimit -Hn)'], { encoding: 'utf8', timeout: 5e3 })
-  const [soft, hard] = (r.stdout ?? '').trim().split(/\s+/).map((x) => (x === 'unlimited' ? Infinity : Number(x)))
-  // The server holds one socket per client, each generator its share, plus some slack.
+/**
+ * checkFdLimit: the server holds one socket per client (a generator its share). Node raises its
+ * own soft limit of open files to the hard limit when it starts, and children inherit that, so
+ * what counts is the limit this process sees.
+ */
+function checkFdLimit (maxClients) {
+  const r = spawnSync('/bin/sh', ['-c', 'ulimit -n'], { encoding: 'utf8', timeout: 5e3 })
+  const raw = (r.stdout ?? '').trim()
+  const limit = raw === 'unlimited' ? Infinity : Number(raw)
   const need = maxClients + 256
-  const limits = { soft, hard, need }
-  if (!Number.isFinite(soft) || soft >= need) return limits
-  if (hard >= need) {
-    fdLimitWrapper = Math.min(hard, Math.max(need, 65536))
-    console.log(`ulimit -n is ${soft}: starting the server and generators with ulimit -n ${fdLimitWrapper}`)
-    limits.raisedTo = fdLimitWrapper
-    return limits
-  }
-  throw new Error(`${maxClients} clients need about ${need} file descriptors per process, but ulimit -n is ${soft} (hard ${hard}).` +
-    ` Raise it (e.g. \`ulimit -n 65536\` in a root shell, or LimitNOFILE= for a service) or use fewer clients. (${generators} generator(s))`)
+  if (!Number.isFinite(limit) || limit >= need) return { limit, need }
+  throw new Error(`${maxClients} clients need about ${need} open files in the server process, but the limit is ${limit}.` +
+    ' Raise the hard limit before starting (e.g. `ulimit -Hn 65536 && ulimit -Sn 65536` as root, LimitNOFILE= for a' +
+    ' systemd service, --ulimit nofile=65536 for docker), or use fewer clients.')
 }
 
 const clockTicks = (() => {
@@ -259,15 +281,71 @@ const clockTicks = (() => {
   return Number.isInteger(n) && n > 0 ? n : 100
 })()
 
-/** machineBusyMs: the whole machine's busy CPU time (ms, all CPUs) from /proc/stat, or null. */
-function machineBusyMs () {
+/**
+ * machineCpu reads the whole machine's CPU time (ms, all CPUs) from /proc/stat: `busy` is user,
+ * nice, system, irq and steal; `softirq` apart, since much of the loopback TCP work of a run
+ * is accounted there rather than to the sending or receiving process. null off Linux.
+ */
+function machineCpu () {
   if (clockTicks === null) return null
   try {
     const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-    return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] ?? 0)) * 1e3 / clockTicks
+    // user nice system idle iowait irq softirq steal ...
+    return { busy: (f[0] + f[1] + f[2] + f[5] + (f[7] ?? 0)) * 1e3 / clockTicks, softirq: f[6] * 1e3 / clockTicks }
   } catch {
     return null
   }
+}
+
+/**
+ * waitForQuietMachine waits (at most `seconds`) until the machine is busy less than 10 % over
+ * a 1 s sample, so that a run does not start while another job (a build, a test suite) holds
+ * a CPU. Interference that starts mid-run shows in the run's otherCpuMs.
+ */
+async function waitForQuietMachine (seconds) {
+  const start = now()
+  if (seconds === 0 || machineCpu() === null) return { waitedMs: 0, quiet: null }
+  for (;;) {
+    const a = machineCpu()
+    await sleep(1e3)
+    const b = machineCpu()
+    const busyPercent = (b.busy + b.softirq - a.busy - a.softirq) / 10
+    const waitedMs = Math.round(now() - start)
+    if (busyPercent < 10) return { waitedMs, quiet: true }
+    if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
+  }
+}
+
+/**
+ * snapshotDist copies dist/ (its .js files) to bench/results/ (git-ignored, and under the
+ * package, so that `fastify-plugin` & co. still resolve): every `ours` run of the session
+ * then loads the same build even if dist/ is rebuilt meanwhile. Removed on exit. Returns the
+ * directory and the hashes of the files it holds.
+ */
+function snapshotDist (stamp) {
+  const dir = join(resultsDir, `sse-dist-${stamp}`)
+  const hashes = (base) => {
+    const out = {}
+    const walk = (rel) => {
+      for (const f of readdirSync(join(base, rel), { withFileTypes: true })) {
+        const p = rel === '' ? f.name : `${rel}/${f.name}`
+        if (f.isDirectory()) walk(p)
+        else if (f.name.endsWith('.js')) out[p] = createHash('sha256').update(readFileSync(join(base, p))).digest('hex').slice(0, 16)
+      }
+    }
+    walk('plugins')
+    return out
+  }
+  for (let attempt = 0; attempt < 5; attempt++) {
+    rmSync(dir, { recursive: true, force: true })
+    mkdirSync(resultsDir, { recursive: true })
+    cpSync(join(root, 'dist'), dir, { recursive: true, filter: (src) => statSync(src).isDirectory() || src.endsWith('.js') })
+    snapshotDir = dir
+    const copied = hashes(dir)
+    // A build that ran during the copy shows as a difference: copy again.
+    if (JSON.stringify(copied) === JSON.stringify(hashes(join(root, 'dist')))) return { dir, hashes: copied }
+  }
+  throw new Error('dist/ kept changing while it was being copied (a build running?)')
 }
 
 function ensureBuild (force) {
@@ -286,7 +364,13 @@ function ensureBuild (force) {
     }
   }
   if (newer.length > 0) console.warn(`warning: ${newer.join(', ')} changed after dist/ was built; pass --build to measure the current sources`)
-  return Object.fromEntries(distFiles.map((f) => [f, createHash('sha256').update(readFileSync(join(root, f))).digest('hex').slice(0, 16)]))
+  return { builtAt: new Date(builtAt).toISOString(), sourcesNewerThanBuild: newer }
+}
+
+/** gitState: the commit and whether plugins/ differs from it (read-only git commands). */
+function gitState () {
+  const git = (...args) => spawnSync('git', args, { cwd: root, encoding: 'utf8', timeout: 5e3 }).stdout?.trim() ?? null
+  return { head: git('rev-parse', '--short', 'HEAD'), pluginsChanged: git('status', '--porcelain', '--', 'plugins') }
 }
 
 function packageVersion (name) {
@@ -321,15 +405,16 @@ function probe (port) {
   })
 }
 
-async function startServer (server, scenario) {
+async function startServer (server, scenario, config) {
   const env = { ...process.env }
   delete env.NODE_OPTIONS
   if (server.name === 'ours') {
+    if (snapshotDir !== null) env.SSE_BENCH_DIST = snapshotDir
     // Each event is B + 30 bytes (its id and data fields); all M wait at once for each client.
     const need = scenario.m * (scenario.b + 32)
     if (need > OURS_DEFAULT_MAX_BUFFERED * 0.9) env.SSE_BENCH_MAX_BUFFERED = String(Math.ceil(need * 2))
   }
-  const child = startChild(join(here, 'servers', server.file), [], env, ['--expose-gc'])
+  const child = startChild(join(here, 'servers', server.file), [], env, ['--expose-gc', '--no-warnings', ...config.serverArgs])
   try {
     const ready = await waitMessage(child, (m) => m.type === 'ready', START_TIMEOUT_MS, `${server.name} to listen`)
     return { child, port: ready.port, maxBuffered: env.SSE_BENCH_MAX_BUFFERED ?? null }
@@ -418,14 +503,14 @@ async function broadcastOnce (srv, gens, { n, m, b }, config, withProbe) {
       listeners.push(() => { g.child.removeListener('message', onMessage); g.child.removeListener('exit', onExit) })
     }
   })
-  const busy0 = machineBusyMs()
+  const cpu0 = machineCpu()
   const loopDone = waitMessage(srv.child, (x) => x.type === 'broadcast-done', config.timeoutMs + IPC_TIMEOUT_MS, 'the broadcast loop')
   const t0 = now()
   srv.child.send({ type: 'broadcast', id: nextId++, m, b })
   // Sent even when the broadcast is over by then (it then times an idle server).
   const probed = withProbe ? sleep(config.probeDelayMs).then(() => probe(srv.port)) : null
   const outcome = await delivered
-  const busy1 = machineBusyMs()
+  const cpu1 = machineCpu()
   for (const remove of listeners) remove()
   rec.outcome = outcome
   const loop = await loopDone
@@ -435,6 +520,7 @@ async function broadcastOnce (srv, gens, { n, m, b }, config, withProbe) {
   const after = await request(srv.child, { type: 'stats' }, 'server stats')
   rec.serverCpuMs = after.cpuMs
   rec.rssAfterMB = after.rss / 2 ** 20
+  rec.warnings = after.warnings
   if (probed !== null) {
     const pr = await probed
     rec.probeMs = pr.ms
@@ -455,9 +541,12 @@ async function broadcastOnce (srv, gens, { n, m, b }, config, withProbe) {
   rec.deliverMs = outcome === 'done' ? tDone - t0 : null
   rec.eventsPerSec = rec.deliverMs === null ? null : n * m / (rec.deliverMs / 1e3)
   rec.generatorCpuMs = outcome === 'done' ? genCpuMs : null
-  if (busy0 !== null && busy1 !== null && rec.deliverMs !== null) {
-    // CPU the machine spent during the broadcast beyond the server and the generators (roughly: /proc/stat ticks are 10 ms).
-    rec.otherCpuMs = Math.max(0, (busy1 - busy0) - rec.serverCpuMs - genCpuMs)
+  if (cpu0 !== null && cpu1 !== null && rec.deliverMs !== null) {
+    // CPU the machine spent during the broadcast beyond the server and the generators, softirq
+    // apart (roughly: /proc/stat counts 10 ms ticks, and the server's CPU runs a little longer).
+    rec.otherCpuMs = Math.max(0, (cpu1.busy - cpu0.busy) - rec.serverCpuMs - genCpuMs)
+    rec.softirqMs = cpu1.softirq - cpu0.softirq
+    rec.disturbed = rec.otherCpuMs > DISTURBED_SHARE * rec.deliverMs && rec.otherCpuMs > DISTURBED_MIN_MS
   }
   rec.reports = reports
   return rec
@@ -473,12 +562,13 @@ async function runOnce (server, scenario, config, { verify = false } = {}) {
   let srv = null
   let gens = []
   try {
-    srv = await startServer(server, scenario)
+    srv = await startServer(server, scenario, config)
     rec.maxBufferedBytes = srv.maxBuffered === null ? null : Number(srv.maxBuffered)
     const before = await request(srv.child, { type: 'stats', gc: true }, 'server stats')
     const started = await startGenerators(verify ? 1 : config.generators, srv.port, n, config.batch, verify)
     gens = started.gens
     rec.chunked = started.chunked
+    rec.generators = gens.length
     await waitSubscribers(srv.child, n)
     if (config.settleMs > 0) await sleep(config.settleMs)
     const idle = await request(srv.child, { type: 'stats', gc: true }, 'server stats')
@@ -551,7 +641,7 @@ function fmt (x, digits = 0) {
 
 function summarize (runs, servers) {
   const rows = servers.map((s) => {
-    const all = runs.filter((r) => r.server === s.name)
+    const all = runs.filter((r) => r.server === s.name && r.discarded === undefined)
     const ok = all.filter((r) => r.complete)
     const deliverMs = median(ok.map((r) => r.deliverMs))
     const serverCpuMs = median(ok.map((r) => r.serverCpuMs))
@@ -566,9 +656,11 @@ function summarize (runs, servers) {
       loopMs: median(ok.map((r) => r.loopMs)),
       probeMs: median(ok.map((r) => r.probeMs)),
       rssPerConnKB: median(all.filter((r) => r.rssPerConnKB !== undefined).map((r) => r.rssPerConnKB)),
+      heapPerConnKB: median(all.filter((r) => r.heapPerConnKB !== undefined).map((r) => r.heapPerConnKB)),
       bytesPerEvent: median(ok.map((r) => r.bytesPerEvent)),
       generatorCpuMs: median(ok.map((r) => r.generatorCpuMs)),
       otherCpuMs: median(ok.map((r) => r.otherCpuMs)),
+      disturbed: ok.filter((r) => r.disturbed === true).length,
       minDeliverMs: ok.length ? Math.min(...ok.map((r) => r.deliverMs)) : null,
       maxDeliverMs: ok.length ? Math.max(...ok.map((r) => r.deliverMs)) : null,
       errors: all.filter((r) => !r.complete).map((r) => r.error ?? `${r.outcome}: min ${r.delivered?.min}, max ${r.delivered?.max}, exact ${r.delivered?.exact}/${r.n}`)
@@ -586,7 +678,7 @@ function summarize (runs, servers) {
 }
 
 function table (rows) {
-  const head = ['server', 'deliver ms', 'events/s', 'time/raw', 'time/hijack', 'CPU s', 'CPU/raw', 'CPU µs/event', 'loop ms', 'probe ms', 'RSS/conn KB', 'B/event', 'gen CPU s', 'ok']
+  const head = ['server', 'deliver ms', 'events/s', 'time/raw', 'time/hijack', 'CPU s', 'CPU/raw', 'CPU µs/event', 'loop ms', 'probe ms', 'RSS/conn KB', 'heap/conn KB', 'B/event', 'gen CPU s', 'ok']
   const lines = rows.map((r) => [
     r.server,
     fmt(r.deliverMs, 0),
@@ -599,6 +691,7 @@ function table (rows) {
     fmt(r.loopMs, 0),
     fmt(r.probeMs, 0),
     fmt(r.rssPerConnKB, 1),
+    fmt(r.heapPerConnKB, 1),
     fmt(r.bytesPerEvent, 0),
     fmt(r.generatorCpuMs === null ? null : r.generatorCpuMs / 1e3, 3),
     `${r.complete}/${r.runs}`
@@ -611,23 +704,46 @@ function table (rows) {
 
 function describe (rec) {
   if (!rec.complete) return `FAILED: ${rec.error ?? `${rec.outcome}, delivered min ${rec.delivered?.min} max ${rec.delivered?.max} per client`}`
-  const gen = rec.generatorCpuMs / rec.deliverMs
+  const gen = rec.generatorCpuMs / rec.generators / rec.deliverMs
   const warm = rec.warmupMs?.length ? ` (warm-up ${rec.warmupMs.map((x) => fmt(x, 0)).join(', ')} ms)` : ''
   return `${fmt(rec.deliverMs, 0)} ms${warm}, ${fmt(rec.eventsPerSec, 0)} ev/s, CPU ${fmt(rec.serverCpuMs, 0)} ms (loop ${fmt(rec.loopMs, 0)} ms), probe ${fmt(rec.probeMs, 0)} ms, ` +
-    `${fmt(rec.rssPerConnKB, 1)} KB/conn, gen CPU ${fmt(rec.generatorCpuMs, 0)} ms${gen > 0.9 ? ' (GENERATOR-BOUND?)' : ''}` +
-    (rec.otherCpuMs > 0.15 * rec.deliverMs && rec.otherCpuMs > 50 ? `, other CPU ${fmt(rec.otherCpuMs, 0)} ms (disturbed?)` : '')
+    `${fmt(rec.rssPerConnKB, 1)} KB/conn, gen CPU ${fmt(rec.generatorCpuMs, 0)} ms${gen > 0.9 ? ' (GENERATOR-BOUND: a generator was busy > 90 % of the time)' : ''}` +
+    (rec.disturbed ? `, other CPU ${fmt(rec.otherCpuMs, 0)} ms: DISTURBED` : '') +
+    Object.entries(rec.warnings ?? {}).map(([w, k]) => `\n      server warning x${k}: ${w}`).join('')
 }
 
 // ---------------------------------------------------------------------------------------------
 
+/** printReport prints the tables of a results file again (with this version's columns). */
+function printReport (file) {
+  const data = JSON.parse(readFileSync(file, 'utf8'))
+  const { meta } = data
+  console.log(`${meta.command}\n${meta.date}, node ${meta.node}, ${meta.cpus} CPUs (${meta.cpuModel}), ${meta.platform}`)
+  console.log(`versions: ${Object.entries(meta.versions).map(([k, v]) => `${k} ${v}`).join(', ')}; git ${meta.git?.head ?? '?'}`)
+  const servers = meta.config.servers.map((name) => SERVERS.find((s) => s.name === name))
+  for (const entry of data.scenarios) {
+    const rounds = Math.max(0, ...entry.runs.map((r) => r.round ?? 0))
+    console.log(`\n${entry.scenario} (${entry.n} clients x ${entry.m} events x ${entry.b} B), medians of ${rounds} round(s):\n`)
+    console.log(table(summarize(entry.runs, servers)))
+  }
+}
+
 async function main () {
   const config = readConfig()
+  if (config.report !== null) {
+    printReport(config.report)
+    return
+  }
   const maxN = Math.max(...config.scenarios.map((s) => s.n))
-  const limits = checkFdLimit(maxN, config.generators)
-  const dist = config.servers.some((s) => s.name === 'ours') ? ensureBuild(config.build) : null
+  const limits = checkFdLimit(maxN)
+  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
+  let dist = null
+  if (config.servers.some((s) => s.name === 'ours')) {
+    const build = ensureBuild(config.build)
+    dist = { ...build, hashes: snapshotDist(stamp).hashes }
+  }
   await waitForOtherBenchmarks(config.quietWait)
   mkdirSync(resultsDir, { recursive: true })
-  const stamp = new Date().toISOString().replace(/[:.]/g, '-')
   const outFile = join(resultsDir, `sse-${stamp}.json`)
   const meta = {
     date: new Date().toISOString(),
@@ -639,11 +755,12 @@ async function main () {
     fdLimits: limits,
     config: { ...config, scenarios: config.scenarios.map((s) => s.label), servers: config.servers.map((s) => s.name) },
     versions: Object.fromEntries(['fastify', '@fastify/sse', 'fastify-sse-v2', 'better-sse'].map((p) => [p, packageVersion(p)])),
-    dist
+    dist,
+    git: gitState()
   }
   const out = { meta, precheck: [], scenarios: [] }
   const save = () => writeFileSync(outFile, JSON.stringify(out, null, 2) + '\n')
-  console.log(`node ${process.version}, ${meta.cpus} CPUs (${meta.cpuModel}); ulimit -n ${limits.soft}`)
+  console.log(`node ${process.version}, ${meta.cpus} CPUs (${meta.cpuModel}); ulimit -n ${limits.limit}`)
 
   if (config.precheck) {
     const s = { label: `${PRECHECK.n}x${PRECHECK.m}x${PRECHECK.b}`, ...PRECHECK }
@@ -670,11 +787,19 @@ async function main () {
       const order = [...config.servers.slice(k), ...config.servers.slice(0, k)]
       console.log(`round ${round + 1}/${config.rounds}: ${order.map((s) => s.name).join(', ')}`)
       for (const server of order) {
-        const rec = await runOnce(server, scenario, config)
-        rec.round = round + 1
-        runs.push(rec)
-        console.log(`  ${server.name.padEnd(15)} ${describe(rec)}${rec.maxBufferedBytes ? ` [maxBufferedBytes ${rec.maxBufferedBytes}]` : ''}`)
-        save()
+        for (let attempt = 0; ; attempt++) {
+          await waitForOtherBenchmarks(config.quietWait)
+          const quiet = await waitForQuietMachine(config.idleWait)
+          const rec = await runOnce(server, scenario, config)
+          rec.idleWait = quiet
+          rec.round = round + 1
+          const retry = rec.complete && rec.disturbed === true && attempt < config.retries
+          if (retry) rec.discarded = 'disturbed, re-run'
+          runs.push(rec)
+          console.log(`  ${server.name.padEnd(15)} ${describe(rec)}${rec.maxBufferedBytes ? ` [maxBufferedBytes ${rec.maxBufferedBytes}]` : ''}${retry ? ' -> re-run' : ''}`)
+          save()
+          if (!retry) break
+        }
       }
     }
     entry.summary = summarize(runs, config.servers)
@@ -683,9 +808,11 @@ async function main () {
     console.log(table(entry.summary))
     for (const r of entry.summary) {
       if (r.errors.length > 0) console.log(`  ${r.server}: ${r.errors.length} failed run(s): ${[...new Set(r.errors)].join('; ')}`)
+      if (r.disturbed > 0) console.log(`  ${r.server}: ${r.disturbed} of the runs above were still disturbed after ${config.retries} re-run(s)`)
     }
   }
   console.log(`\nraw results: ${outFile}`)
+  killAll() // removes the dist/ snapshot
 }
 
 main().catch((err) => {

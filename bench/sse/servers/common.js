@@ -4,10 +4,12 @@
 // hands runServer() three functions: listen() -> port, subscribers() -> how many streams will
 // receive a broadcast, broadcast(m, b) -> writes m events of b payload bytes to every stream.
 // The driver talks to it over IPC only:
-//   -> { type: 'stats', id, gc }         <- { type: 'stats', id, subscribers, rss, heapUsed, cpuMs }
+//   -> { type: 'stats', id, gc }         <- { type: 'stats', id, subscribers, rss, heapUsed, cpuMs, warnings }
 //   -> { type: 'broadcast', id, m, b }   <- { type: 'broadcast-done', id, loopMs, cpuMs, rss }
 //   -> { type: 'exit' }                  (the server also exits when the driver goes away)
 // cpuMs in a stats reply is the CPU used since the last broadcast started (or since boot).
+// Process warnings (run.js starts servers with --no-warnings) are counted, not printed: a
+// library that adds a listener per pending write would otherwise print one per client.
 
 /** makePayloads returns (i) => the data of event `i`: its zero-padded index, then 'x' up to `b` chars (no LF, no "data:"). */
 export function makePayloads (b) {
@@ -39,13 +41,18 @@ export async function runServer ({ listen, subscribers, broadcast }) {
   }
   process.on('disconnect', () => process.exit(0))
   let cpuBase = process.cpuUsage()
+  const warnings = {}
+  process.on('warning', (w) => {
+    const key = `${w.name}: ${w.message.replace(/\d+/g, 'N')}`
+    warnings[key] = (warnings[key] ?? 0) + 1
+  })
   process.on('message', (msg) => {
     if (msg === null || typeof msg !== 'object') return
     if (msg.type === 'exit') process.exit(0)
     if (msg.type === 'stats') {
       if (msg.gc === true && typeof globalThis.gc === 'function') globalThis.gc()
       const mem = process.memoryUsage()
-      process.send({ type: 'stats', id: msg.id, subscribers: subscribers(), rss: mem.rss, heapUsed: mem.heapUsed, cpuMs: cpuMs(cpuBase) })
+      process.send({ type: 'stats', id: msg.id, subscribers: subscribers(), rss: mem.rss, heapUsed: mem.heapUsed, cpuMs: cpuMs(cpuBase), warnings })
       return
     }
     if (msg.type === 'broadcast') {

@@ -1,13 +1,20 @@
 // ours: Fastify with fastify-long-lived's connections and sse plugins (built to dist/ by
 // `npm run build`). The route subscribes each stream to one hub channel; a broadcast publishes
 // the M events on it: each is encoded once and queued on every subscribed stream, and each
-// stream writes its queue as one write per event-loop turn (setImmediate).
+// stream writes its queue as one write after the turn (see plugins/sse/stream.ts for how).
+// SSE_BENCH_DIST is the copy of dist/ the driver took when it started (so that a rebuild
+// during a session cannot mix two builds); without it, ../../../dist/ itself.
 // SSE_BENCH_MAX_BUFFERED (bytes), set by the driver when M x event size would not fit the
 // default 1 MiB, raises maxBufferedBytes so that no client is cut as a slow consumer.
 import Fastify from 'fastify'
-import connections from '../../../dist/plugins/connections.js'
-import sse from '../../../dist/plugins/sse/index.js'
+import { pathToFileURL } from 'node:url'
 import { makePayloads, runServer } from './common.js'
+
+const dist = process.env.SSE_BENCH_DIST === undefined
+  ? new URL('../../../dist/', import.meta.url)
+  : pathToFileURL(process.env.SSE_BENCH_DIST + '/')
+const { default: connections } = await import(new URL('plugins/connections.js', dist).href)
+const { default: sse } = await import(new URL('plugins/sse/index.js', dist).href)
 
 const app = Fastify({ logger: false })
 const options = { heartbeatInterval: null, history: { historySize: 0 } }
