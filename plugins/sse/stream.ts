@@ -72,7 +72,8 @@ export class SseStream implements StreamSink, Flushable {
   readonly #settings: StreamSettings
   readonly #registry: ConnectionRegistry | null
   readonly #flusher: Flusher
-  readonly #abort = new AbortController()
+  // Created on first use: most streams never need them, and an idle stream should stay small.
+  #abort: AbortController | null = null
   readonly #lastEventId: string | null
   #state: State = 'new'
   #pending: Buffer[] = []
@@ -87,12 +88,12 @@ export class SseStream implements StreamSink, Flushable {
   #lastWriteAt = 0
   #heartbeatTimer: NodeJS.Timeout | null = null
   #lifetimeTimer: NodeJS.Timeout | null = null
-  #closeCallbacks: Array<() => void> = []
-  #iterators = new Set<AsyncIterator<unknown> | Iterator<unknown>>()
-  #subscriptions = new Set<Subscribable>()
+  #closeCallbacks: Array<() => void> | null = null
+  #iterators: Set<AsyncIterator<unknown> | Iterator<unknown>> | null = null
+  #subscriptions: Set<Subscribable> | null = null
   #kept = false
-  #ended: Promise<void>
-  #endedResolve!: () => void
+  #ended: Promise<void> | null = null
+  #endedResolve: (() => void) | null = null
   #closeReason = 'client disconnected'
   #clientLeft = false
   /** Set when the slow-consumer policy cut the client. */
@@ -105,8 +106,8 @@ export class SseStream implements StreamSink, Flushable {
     this.#settings = settings
     this.#registry = registry
     this.#lastEventId = readLastEventId(request, settings.lastEventIdQuery)
-    this.#ended = new Promise((resolve) => { this.#endedResolve = resolve })
-    this.#res.once('close', this.#onClose)
+    // 'close' fires once; #onClose removes the listener itself (`on` spares once()'s wrapper).
+    this.#res.on('close', this.#onClose)
     if (isDestroyed(this.#res)) this.#onClose()
   }
 
@@ -117,10 +118,16 @@ export class SseStream implements StreamSink, Flushable {
   get isConnected (): boolean { return this.#state === 'new' || this.#state === 'open' }
 
   /** signal aborts when the client leaves or the stream closes: pass it to whatever the source awaits. */
-  get signal (): AbortSignal { return this.#abort.signal }
+  get signal (): AbortSignal {
+    if (this.#abort === null) {
+      this.#abort = new AbortController()
+      if (this.#state === 'closed') this.#abort.abort(new FLL_ERR_SSE_CLOSED(this.#closeReason))
+    }
+    return this.#abort.signal
+  }
 
   /** shouldKeepAlive tells whether the stream stays open after the route handler returns. */
-  get shouldKeepAlive (): boolean { return this.#kept || this.#subscriptions.size > 0 }
+  get shouldKeepAlive (): boolean { return this.#kept || (this.#subscriptions?.size ?? 0) > 0 }
 
   /** Bytes waiting for the client: our queue plus what Node has not yet handed to the socket. */
   get bufferedBytes (): number { return this.#pendingBytes + (this.#res.writableLength ?? 0) }
@@ -128,10 +135,17 @@ export class SseStream implements StreamSink, Flushable {
   /** keepAlive keeps the stream open after the route handler returns (until close() or the client leaves). */
   keepAlive (): void { this.#kept = true }
 
+  /** #whenEnded resolves once the stream has closed (its promise is made on first demand). */
+  #whenEnded (): Promise<void> {
+    if (this.#state === 'closed') return Promise.resolve()
+    this.#ended ??= new Promise((resolve) => { this.#endedResolve = resolve })
+    return this.#ended
+  }
+
   /** onClose runs `callback` once when the stream closes, for whatever reason. */
   onClose (callback: () => void): void {
     if (this.#state === 'closed') { queueMicrotask(callback); return }
-    this.#closeCallbacks.push(callback)
+    (this.#closeCallbacks ??= []).push(callback)
   }
 
   /**
@@ -186,7 +200,8 @@ export class SseStream implements StreamSink, Flushable {
   subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
     this.sendHeaders()
-    const list = (Array.isArray(channels) ? channels : [channels]).filter((c) => !this.#subscriptions.has(c))
+    const subscriptions = this.#subscriptions ??= new Set()
+    const list = (Array.isArray(channels) ? channels : [channels]).filter((c) => !subscriptions.has(c))
     const missed: Array<{ seq: number, buf: Buffer }> = []
     let reset = false
     if (this.#lastEventId !== null) {
@@ -206,7 +221,7 @@ export class SseStream implements StreamSink, Flushable {
     // Nothing can be published between the replay and the attach: this is all synchronous.
     for (const channel of list) {
       channel.attach(this)
-      this.#subscriptions.add(channel)
+      subscriptions.add(channel)
     }
     return { replayed: missed.length, reset }
   }
@@ -215,7 +230,7 @@ export class SseStream implements StreamSink, Flushable {
   close (): Promise<void> {
     if (this.#state === 'new') this.sendHeaders()
     this.#end('closed by the server')
-    return this.#ended
+    return this.#whenEnded()
   }
 
   /** write queues one encoded event (StreamSink). False if the stream is closed or the event was dropped. */
@@ -313,7 +328,8 @@ export class SseStream implements StreamSink, Flushable {
     const iterator = Symbol.asyncIterator in source
       ? (source as AsyncIterable<SseEvent | string>)[Symbol.asyncIterator]()
       : (source as Iterable<SseEvent | string>)[Symbol.iterator]()
-    this.#iterators.add(iterator)
+    const iterators = this.#iterators ??= new Set()
+    iterators.add(iterator)
     try {
       while (this.isConnected) {
         const { value, done } = await iterator.next()
@@ -324,7 +340,7 @@ export class SseStream implements StreamSink, Flushable {
       if (this.#state === 'new') throw err // no byte sent yet: let Fastify answer with an error
       if (this.isConnected) this.#fail(err as Error)
     } finally {
-      this.#iterators.delete(iterator)
+      iterators.delete(iterator)
     }
     // Ended by the server (close(), shutdown, a failed source): done. The client leaving is not.
     if (this.#clientLeft) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
@@ -345,12 +361,12 @@ export class SseStream implements StreamSink, Flushable {
    */
   closeGracefully (reason: string): Promise<void> {
     if (this.#state === 'new') this.sendHeaders()
-    if (this.#state !== 'open') return this.#ended
+    if (this.#state !== 'open') return this.#whenEnded()
     const { closeEvent, reconnectDelay, reconnectJitter } = this.#settings
     const retry = reconnectDelay + Math.floor(Math.random() * (reconnectJitter + 1))
     this.#enqueue(encodeEvent({ event: closeEvent, data: reason, retry }))
     this.#end(reason)
-    return this.#ended
+    return this.#whenEnded()
   }
 
   #end (reason: string): void {
@@ -409,27 +425,27 @@ export class SseStream implements StreamSink, Flushable {
     for (const w of this.#drainWaiters) clientLeft ? w.reject(err) : w.resolve()
     this.#flushWaiters = []
     this.#drainWaiters = []
-    for (const channel of this.#subscriptions) channel.detach(this)
-    this.#subscriptions.clear()
-    this.#abort.abort(err)
+    for (const channel of this.#subscriptions ?? []) channel.detach(this)
+    this.#subscriptions = null
+    this.#abort?.abort(err)
     // A parked iterator is told to finish; a generator parked in an `await` gets the signal.
-    for (const iterator of this.#iterators) {
+    for (const iterator of this.#iterators ?? []) {
       try {
         const r = iterator.return?.()
         if (r instanceof Promise) r.catch(() => {})
       } catch {}
     }
-    this.#iterators.clear()
+    this.#iterators = null
     if (clientLeft) this.#reply.log.debug('fastify-long-lived: SSE client disconnected')
-    for (const callback of this.#closeCallbacks) {
+    for (const callback of this.#closeCallbacks ?? []) {
       try {
         callback()
       } catch (cbErr) {
         this.#reply.log.error({ err: cbErr }, 'fastify-long-lived: an SSE onClose callback threw')
       }
     }
-    this.#closeCallbacks = []
-    this.#endedResolve()
+    this.#closeCallbacks = null
+    this.#endedResolve?.()
   }
 }
 
