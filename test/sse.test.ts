@@ -238,7 +238,9 @@ test('1000 connect/disconnect cycles with a parked async generator: every finall
   t.equal(started, cycles)
   t.equal(finished, cycles, 'every generator\'s finally ran')
   t.match(app.connections.stats(), { open: 0, streams: 0, inFlight: 0 })
-  t.ok(made >= 2 * cycles, `the streams made their heartbeat and lifetime timers (${made})`)
+  // One lifetime timer per stream; heartbeats share one timer per interval (made again when a
+  // group empties between batches), so far fewer than one per stream.
+  t.ok(made >= cycles && made < 1.5 * cycles, `the streams made their lifetime timers and a few shared heartbeat timers (${made})`)
   t.equal(live.size, 0, 'no heartbeat or lifetime timer left behind')
   t.same(['connection', 'request'].map((e) => app.server.listenerCount(e)), listenersBefore, 'no server listener added per stream')
 })

@@ -11,6 +11,7 @@ import { FLL_ERR_SSE_CLOSED } from '../errors.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
 import { jsonSerializer, type Serializer } from './encoder.js'
 import { Flusher } from './flusher.js'
+import { Heartbeats } from './heartbeat.js'
 import { Hub, type ChannelOptions, type HistoryDefaults } from './hub.js'
 import { SseStream, type StreamSettings } from './stream.js'
 
@@ -163,14 +164,15 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
   const registry = fastify.connections
   // One flusher for all the app's streams: a broadcast's writes are spread over turns of the
   // event loop (at most flushBudget ms each), so requests are served while it goes out.
-  const flusher = new Flusher(flushBudget)
+  const shared = { registry, flusher: new Flusher(flushBudget), heartbeats: new Heartbeats() }
+  fastify.addHook('onClose', async () => { shared.heartbeats.close() })
   fastify.decorate('sse', new Hub(settings.serializer, history))
   fastify.decorateReply(kStream, null)
   fastify.decorateReply('sse', {
     getter (this: FastifyReply) {
       const reply = this as ReplyWithStream
       const config = reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined
-      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, registry, flusher)
+      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, shared)
       return reply[kStream]
     }
   })

@@ -15,6 +15,7 @@ import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
 import type { ConnectionRegistry } from '../connections.js'
 import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
 import type { Flushable, Flusher } from './flusher.js'
+import type { HeartbeatTarget, Heartbeats } from './heartbeat.js'
 
 /** What a stream needs to know, resolved by the plugin from its options and the route's. */
 export interface StreamSettings {
@@ -64,7 +65,14 @@ function isIterable (value: unknown): value is AsyncIterable<unknown> | Iterable
 }
 
 /** SseStream is `reply.sse`: the stream of one request, created on first use. */
-export class SseStream implements StreamSink, Flushable {
+/** What all the streams of one app share: the registry, the flusher, the heartbeat timers. */
+export interface StreamShared {
+  registry: ConnectionRegistry | null
+  flusher: Flusher
+  heartbeats: Heartbeats
+}
+
+export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   readonly #reply: FastifyReply
   // Typed as HTTP/1.x; HTTP/2's compat response has the same methods, and the helpers at the
   // end of this file handle where it differs.
@@ -72,6 +80,7 @@ export class SseStream implements StreamSink, Flushable {
   readonly #settings: StreamSettings
   readonly #registry: ConnectionRegistry | null
   readonly #flusher: Flusher
+  readonly #heartbeats: Heartbeats
   // Created on first use: most streams never need them, and an idle stream should stay small.
   #abort: AbortController | null = null
   readonly #lastEventId: string | null
@@ -86,7 +95,7 @@ export class SseStream implements StreamSink, Flushable {
   #dropped = 0
   #slowLogged = false
   #lastWriteAt = 0
-  #heartbeatTimer: NodeJS.Timeout | null = null
+  #heartbeatOn = false
   #lifetimeTimer: NodeJS.Timeout | null = null
   #closeCallbacks: Array<() => void> | null = null
   #iterators: Set<AsyncIterator<unknown> | Iterator<unknown>> | null = null
@@ -99,12 +108,13 @@ export class SseStream implements StreamSink, Flushable {
   /** Set when the slow-consumer policy cut the client. */
   #cut = false
 
-  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, registry: ConnectionRegistry | null, flusher: Flusher) {
+  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, shared: StreamShared) {
     this.#reply = reply
-    this.#flusher = flusher
+    this.#flusher = shared.flusher
+    this.#heartbeats = shared.heartbeats
     this.#res = reply.raw as ServerResponse
     this.#settings = settings
-    this.#registry = registry
+    this.#registry = shared.registry
     this.#lastEventId = readLastEventId(request, settings.lastEventIdQuery)
     // 'close' fires once; #onClose removes the listener itself (`on` spares once()'s wrapper).
     this.#res.on('close', this.#onClose)
@@ -382,16 +392,10 @@ export class SseStream implements StreamSink, Flushable {
   #startTimers (): void {
     const { heartbeatInterval, maxLifetime } = this.#settings
     if (heartbeatInterval !== null) {
-      this.#lastWriteAt = performance.now()
       // Started only once the headers are out: before that there is no stream to keep alive.
-      const timer = setTimeout(() => {
-        // Skipped while data flows (it is a heartbeat already) and while the socket is backed
-        // up (a heartbeat would only pile up behind what the client is not reading).
-        if (performance.now() - this.#lastWriteAt >= heartbeatInterval - 1 && this.bufferedBytes === 0) this.#enqueue(heartbeat)
-        timer.refresh()
-      }, heartbeatInterval)
-      timer.unref()
-      this.#heartbeatTimer = timer
+      this.#lastWriteAt = performance.now()
+      this.#heartbeats.add(this, heartbeatInterval)
+      this.#heartbeatOn = true
     }
     if (maxLifetime !== null) {
       // Jittered down by up to 10 %, so streams opened together do not all end together.
@@ -402,10 +406,17 @@ export class SseStream implements StreamSink, Flushable {
   }
 
   #stopTimers (): void {
-    if (this.#heartbeatTimer !== null) clearTimeout(this.#heartbeatTimer)
+    if (this.#heartbeatOn) this.#heartbeats.delete(this, this.#settings.heartbeatInterval!)
     if (this.#lifetimeTimer !== null) clearTimeout(this.#lifetimeTimer)
-    this.#heartbeatTimer = null
+    this.#heartbeatOn = false
     this.#lifetimeTimer = null
+  }
+
+  /** heartbeat (HeartbeatTarget) sends a comment after `interval` ms of silence. */
+  heartbeat (now: number, interval: number): void {
+    // Skipped while data flows (it is a heartbeat already) and while the socket is backed up
+    // (a heartbeat would only pile up behind what the client is not reading).
+    if (this.#state === 'open' && now - this.#lastWriteAt >= interval - 1 && this.bufferedBytes === 0) this.#enqueue(heartbeat)
   }
 
   /** #onClose runs once, when the response closes: the client left, or the stream ended. */
