@@ -278,7 +278,10 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     })
   }
 
-  /** flushNow hands what is queued to the socket now, unless the socket is backed up (then 'drain' does). */
+  /**
+   * flushNow (Flushable, called by the app's flusher at the end of a turn) hands what is queued to
+   * the socket now, unless the socket is backed up (then 'drain' does).
+   */
   flushNow (): void {
     this.#flushScheduled = false
     if (this.#state !== 'open' || this.#pending.length === 0) return
@@ -412,7 +415,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#lifetimeTimer = null
   }
 
-  /** heartbeat (HeartbeatTarget) sends a comment after `interval` ms of silence. */
+  /** heartbeat (HeartbeatTarget, called by the app's heartbeat timer) sends a comment after `interval` ms of silence. */
   heartbeat (now: number, interval: number): void {
     // Skipped while data flows (it is a heartbeat already) and while the socket is backed up
     // (a heartbeat would only pile up behind what the client is not reading).
