@@ -10,16 +10,15 @@
 // then a measured autocannon run against 127.0.0.1. Prints a summary table and writes the raw
 // numbers to bench/results/keepalive-<timestamp>.json. See bench/README.md.
 import autocannon from 'autocannon'
-import { fork, spawnSync } from 'node:child_process'
-import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
+import { fork } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { busyMs, ensureBuild, integerSetting, procStat, root, waitForQuiet } from './lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
-const root = join(benchDir, '..')
 const serverPath = join(benchDir, 'server.js')
 const resultsDir = join(benchDir, 'results')
 const distFiles = ['dist/plugins/connections.js', 'dist/plugins/timeouts.js']
@@ -30,13 +29,9 @@ const SERVER_START_TIMEOUT_MS = 15e3
 const SERVER_STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const CANNON_SLACK_MS = 15e3
-const BUILD_TIMEOUT_MS = 180e3
 // Above this share of one core spent in other processes during a run, the run counts as
 // disturbed: the summary warns and also gives the ratio over undisturbed rounds only.
 const OTHER_CPU_WARN_PERCENT = 15
-// The machine counts as idle when, over a QUIET_SAMPLE_MS sample, it is busy less than this.
-const QUIET_PERCENT = 10
-const QUIET_SAMPLE_MS = 1e3
 
 /** The numeric settings: flag name, environment variable, default, bounds. */
 const numeric = {
@@ -85,85 +80,18 @@ function readConfig () {
   }
   const config = { build: values.build }
   for (const [name, spec] of Object.entries(numeric)) {
-    const raw = values[name] ?? process.env[spec.env]
-    if (raw === undefined || raw === '') {
-      config[name] = spec.def
-      continue
-    }
-    const n = Number(raw)
-    if (!Number.isInteger(n) || n < spec.min || n > spec.max) {
-      throw new Error(`--${name} (or ${spec.env}) must be an integer from ${spec.min} to ${spec.max}, got ${JSON.stringify(raw)}`)
-    }
-    config[name] = n
+    config[name] = integerSetting(values[name] ?? process.env[spec.env], `--${name} (or ${spec.env})`, spec.def, spec.min, spec.max)
   }
   return config
 }
 
-/** ensureBuild runs `npm run build` when dist/ lacks the plugins, or when asked to. */
-function ensureBuild (force) {
-  const missing = distFiles.some((f) => !existsSync(join(root, f)))
-  if (force || missing) {
-    console.log(`> npm run build${missing ? ' (dist/ is missing)' : ''}`)
-    const r = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit', timeout: BUILD_TIMEOUT_MS })
-    if (r.error) throw r.error
-    if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal})`)
-  }
-  // dist/ is what is measured: warn when plugins/*.ts changed after it was built.
-  const builtAt = Math.min(...distFiles.map((f) => statSync(join(root, f)).mtimeMs))
-  const pluginsDir = join(root, 'plugins')
-  const newer = readdirSync(pluginsDir)
-    .filter((f) => f.endsWith('.ts') && statSync(join(pluginsDir, f)).mtimeMs > builtAt)
-  if (newer.length > 0) {
-    console.warn(`warning: plugins/${newer.join(', plugins/')} changed after dist/ was built; pass --build to measure the current sources`)
-  }
-  return Object.fromEntries(distFiles.map((f) => [f, createHash('sha256').update(readFileSync(join(root, f))).digest('hex').slice(0, 16)]))
-}
-
-// USER_HZ, the unit of /proc/stat (100 on practically every Linux).
-const clockTicks = (() => {
-  if (os.platform() !== 'linux') return null
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5e3 })
-  const n = Number(r.stdout?.trim())
-  return Number.isInteger(n) && n > 0 ? n : 100
-})()
-
 /**
- * machineCpu reads the whole machine's busy and steal time (ms, all CPUs) from /proc/stat, so
- * that a run can tell how much CPU went to processes other than the server and this driver
- * (another job on the machine skews the comparison). null off Linux.
+ * machineCpu reads the whole machine's busy and steal time (ms, all CPUs), so that a run can
+ * tell how much CPU went to processes other than the server and this driver. null off Linux.
  */
 function machineCpu () {
-  if (clockTicks === null) return null
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-    // user nice system idle iowait irq softirq steal ...
-    const busy = f[0] + f[1] + f[2] + f[5] + f[6]
-    return { busyMs: busy * 1e3 / clockTicks, stealMs: (f[7] ?? 0) * 1e3 / clockTicks }
-  } catch {
-    return null
-  }
-}
-
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
-
-/**
- * waitForQuiet waits (at most `seconds`) until the machine is idle over one sample, so that a
- * run does not start while another job (a build, a test suite) holds the CPUs. It only
- * schedules runs, it discards nothing; interference that starts mid-run is caught by
- * otherCpuPercentOfOneCore. Returns how long it waited and whether it saw an idle sample.
- */
-async function waitForQuiet (seconds) {
-  const start = performance.now()
-  if (seconds === 0 || machineCpu() === null) return { waitedMs: 0, quiet: null }
-  for (;;) {
-    const a = machineCpu()
-    await sleep(QUIET_SAMPLE_MS)
-    const b = machineCpu()
-    const busyPercent = 100 * (b.busyMs - a.busyMs) / QUIET_SAMPLE_MS
-    const waitedMs = Math.round(performance.now() - start)
-    if (busyPercent < QUIET_PERCENT) return { waitedMs, quiet: true }
-    if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
-  }
+  const s = procStat()
+  return s === null ? null : { busyMs: busyMs(s) - s.steal, stealMs: s.steal }
 }
 
 /** @type {Set<import('node:child_process').ChildProcess>} */
@@ -417,7 +345,7 @@ function printTable (summary) {
 
 async function main () {
   const config = readConfig()
-  const dist = ensureBuild(config.build)
+  const dist = ensureBuild(distFiles, config.build).hashes
   const perRun = config.warmup + config.duration + 2
   console.log(`keepalive bench: ${config.rounds} rounds x ${VARIANTS.length} variants x (${config.warmup} s warm-up + ${config.duration} s), ` +
     `${config.connections} connections, pipelining ${config.pipelining}, node ${process.version}, ${os.cpus().length} CPUs ` +

@@ -11,16 +11,16 @@
 // the pool/per-request ratio of the medians and of each round, and writes the raw numbers to
 // bench/results/client-<timestamp>.json. Every wait is bounded; every child is stopped on
 // exit, on error and on Ctrl-C.
-import { execFileSync, fork, spawnSync } from 'node:child_process'
-import { createHash } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, statSync, readdirSync, writeFileSync } from 'node:fs'
+import { fork } from 'node:child_process'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
+import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, root, sleep, waitForQuiet } from '../lib.js'
+
 const benchDir = dirname(fileURLToPath(import.meta.url))
-const root = join(benchDir, '..', '..')
 const upstreamPath = join(benchDir, 'upstream.js')
 const callerPath = join(benchDir, 'caller.js')
 const resultsDir = join(benchDir, '..', 'results')
@@ -31,14 +31,10 @@ const START_TIMEOUT_MS = 15e3
 const STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const RUN_SLACK_MS = 20e3
-const BUILD_TIMEOUT_MS = 180e3
 const OTHERS_POLL_MS = 30e3
 // Above this share of one core spent in other processes during a run, the run counts as
 // disturbed: the summary warns and also gives the ratio over undisturbed rounds only.
 const OTHER_CPU_WARN_PERCENT = 15
-// The machine counts as idle when, over a QUIET_SAMPLE_MS sample, it is busy less than this.
-const QUIET_PERCENT = 10
-const QUIET_SAMPLE_MS = 1e3
 // Other benchmarks of this repository: running next to them would measure the machine.
 const OTHER_BENCH = /bench\/(keepalive|sse)/
 
@@ -88,16 +84,7 @@ function readConfig () {
   }
   const config = { build: values.build }
   for (const [name, spec] of Object.entries(numeric)) {
-    const raw = values[name] ?? process.env[spec.env]
-    if (raw === undefined || raw === '') {
-      config[name] = spec.def
-      continue
-    }
-    const n = Number(raw)
-    if (!Number.isInteger(n) || n < spec.min || n > spec.max) {
-      throw new Error(`--${name} (or ${spec.env}) must be an integer from ${spec.min} to ${spec.max}, got ${JSON.stringify(raw)}`)
-    }
-    config[name] = n
+    config[name] = integerSetting(values[name] ?? process.env[spec.env], `--${name} (or ${spec.env})`, spec.def, spec.min, spec.max)
   }
   const variants = (values.variants ?? process.env.BENCH_VARIANTS ?? 'pool,per-request').split(',').map((v) => v.trim())
   if (variants.length < 2 || new Set(variants).size !== variants.length || variants.some((v) => !ALL_VARIANTS.includes(v))) {
@@ -107,42 +94,12 @@ function readConfig () {
   return config
 }
 
-/** ensureBuild runs `npm run build` when dist/ lacks the plugins, or when asked to; returns hashes of what is measured. */
-function ensureBuild (force) {
-  const missing = distFiles.some((f) => !existsSync(join(root, f)))
-  if (force || missing) {
-    console.log(`> npm run build${missing ? ' (dist/ is missing)' : ''}`)
-    const r = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit', timeout: BUILD_TIMEOUT_MS })
-    if (r.error) throw r.error
-    if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal})`)
-  }
-  const builtAt = Math.min(...distFiles.map((f) => statSync(join(root, f)).mtimeMs))
-  const pluginsDir = join(root, 'plugins')
-  const newer = readdirSync(pluginsDir).filter((f) => f.endsWith('.ts') && statSync(join(pluginsDir, f)).mtimeMs > builtAt)
-  if (newer.length > 0) {
-    console.warn(`warning: plugins/${newer.join(', plugins/')} changed after dist/ was built; pass --build to measure the current sources`)
-  }
-  return Object.fromEntries(distFiles.map((f) => [f, createHash('sha256').update(readFileSync(join(root, f))).digest('hex').slice(0, 16)]))
-}
-
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
-
-/** otherBenchmarks lists the command lines of the repository's other benchmarks now running (Linux/macOS `ps`). */
-function otherBenchmarks () {
-  try {
-    const out = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8', timeout: 5e3 })
-    return out.split('\n').filter((line) => OTHER_BENCH.test(line) && !line.includes(String(process.pid)))
-  } catch {
-    return []
-  }
-}
-
 /** waitForOthers waits (polling every 30 s, at most `seconds`) until no other benchmark runs. */
 async function waitForOthers (seconds) {
   if (seconds === 0) return { waitedMs: 0, clear: null }
   const start = performance.now()
   for (;;) {
-    const others = otherBenchmarks()
+    const others = otherBenchmarks(OTHER_BENCH)
     const waitedMs = Math.round(performance.now() - start)
     if (others.length === 0) return { waitedMs, clear: true }
     if (waitedMs >= seconds * 1e3) {
@@ -154,38 +111,10 @@ async function waitForOthers (seconds) {
   }
 }
 
-// USER_HZ, the unit of /proc/stat (100 on practically every Linux).
-const clockTicks = (() => {
-  if (os.platform() !== 'linux') return null
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5e3 })
-  const n = Number(r.stdout?.trim())
-  return Number.isInteger(n) && n > 0 ? n : 100
-})()
-
-/** machineBusyMs reads the whole machine's busy time (ms, all CPUs) from /proc/stat; null off Linux. */
+/** machineBusyMs reads the whole machine's busy time (ms, all CPUs, steal excluded); null off Linux. */
 function machineBusyMs () {
-  if (clockTicks === null) return null
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-    // user nice system idle iowait irq softirq ...
-    return (f[0] + f[1] + f[2] + f[5] + f[6]) * 1e3 / clockTicks
-  } catch {
-    return null
-  }
-}
-
-/** waitForQuiet waits (at most `seconds`) until the machine is idle over one sample. */
-async function waitForQuiet (seconds) {
-  const start = performance.now()
-  if (seconds === 0 || machineBusyMs() === null) return { waitedMs: 0, quiet: null }
-  for (;;) {
-    const a = machineBusyMs()
-    await sleep(QUIET_SAMPLE_MS)
-    const busyPercent = 100 * (machineBusyMs() - a) / QUIET_SAMPLE_MS
-    const waitedMs = Math.round(performance.now() - start)
-    if (busyPercent < QUIET_PERCENT) return { waitedMs, quiet: true }
-    if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
-  }
+  const s = procStat()
+  return s === null ? null : busyMs(s) - s.steal
 }
 
 /** @type {Set<import('node:child_process').ChildProcess>} */
@@ -399,7 +328,7 @@ function printTable (summary, config) {
 
 async function main () {
   const config = readConfig()
-  const dist = ensureBuild(config.build)
+  const dist = ensureBuild(distFiles, config.build).hashes
   const perRun = config.warmup + config.duration + 2
   console.log(`client bench: ${config.rounds} rounds x ${config.variants.length} variants (${config.variants.join(', ')}) x ` +
     `(${config.warmup} s warm-up + ${config.duration} s), ${config.callers} callers, node ${process.version}, ${os.cpus().length} CPUs ` +

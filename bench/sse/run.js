@@ -15,12 +15,13 @@
 // bench/results/sse-<timestamp>.json. See bench/README.md, "SSE broadcast".
 import { fork, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { cpSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
+import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, sleep, waitForQuiet } from '../lib.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..', '..')
@@ -46,7 +47,6 @@ const SUBSCRIBE_TIMEOUT_MS = 30e3
 const PROBE_TIMEOUT_MS = 60e3
 const STOP_TIMEOUT_MS = 5e3
 const STOP_GRACE_MS = 3e3 // a child asked to exit gets this long before SIGKILL
-const BUILD_TIMEOUT_MS = 180e3
 const CONNECT_BATCH_TIMEOUT_MS = 25e3 // the generator gives up on a batch after 20 s
 const OTHER_BENCH = /bench\/(keepalive|shutdown\/run)\.js|autocannon/
 // ours: the default maxBufferedBytes; a scenario whose M events do not fit gets more.
@@ -84,11 +84,7 @@ const usage = `usage: node bench/sse/run.js [options]
 `
 
 function intFlag (values, name, def, min, max) {
-  const raw = values[name]
-  if (raw === undefined) return def
-  const n = Number(raw)
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`)
-  return n
+  return integerSetting(values[name], `--${name}`, def, min, max)
 }
 
 function readConfig () {
@@ -156,7 +152,6 @@ function readConfig () {
   }
 }
 
-const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms) })
 const now = () => performance.now()
 
 // ---------------------------------------------------------------------------------------------
@@ -236,21 +231,11 @@ function request (child, msg, what) {
 // ---------------------------------------------------------------------------------------------
 // The machine: other benchmarks, file descriptors, CPU seen in /proc/stat.
 
-function otherBenchmarks () {
-  const r = spawnSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8', timeout: 5e3 })
-  if (r.status !== 0) return []
-  return r.stdout.split('\n').map((l) => l.trim()).filter((l) => {
-    if (!OTHER_BENCH.test(l)) return false
-    const pid = Number(l.split(/\s+/, 1)[0])
-    return pid !== process.pid && !l.includes('ps -eo')
-  })
-}
-
 async function waitForOtherBenchmarks (seconds) {
   if (seconds === 0) return
   const deadline = now() + seconds * 1e3
   for (;;) {
-    const others = otherBenchmarks()
+    const others = otherBenchmarks(OTHER_BENCH)
     if (others.length === 0) return
     if (now() >= deadline) throw new Error(`another benchmark is still running after ${seconds} s, not measuring:\n  ${others.join('\n  ')}`)
     console.log(`waiting for another benchmark to finish (polling every 30 s, up to ${seconds} s):\n  ${others.join('\n  ')}`)
@@ -274,46 +259,14 @@ function checkFdLimit (maxClients) {
     ' systemd service, --ulimit nofile=65536 for docker), or use fewer clients.')
 }
 
-const clockTicks = (() => {
-  if (os.platform() !== 'linux') return null
-  const r = spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8', timeout: 5e3 })
-  const n = Number(r.stdout?.trim())
-  return Number.isInteger(n) && n > 0 ? n : 100
-})()
-
 /**
- * machineCpu reads the whole machine's CPU time (ms, all CPUs) from /proc/stat: `busy` is user,
- * nice, system, irq and steal; `softirq` apart, since much of the loopback TCP work of a run
- * is accounted there rather than to the sending or receiving process. null off Linux.
+ * machineCpu reads the whole machine's CPU time (ms, all CPUs): `busy` is user, nice, system,
+ * irq and steal; `softirq` apart, since much of the loopback TCP work of a run is accounted
+ * there rather than to the sending or receiving process. null off Linux.
  */
 function machineCpu () {
-  if (clockTicks === null) return null
-  try {
-    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number)
-    // user nice system idle iowait irq softirq steal ...
-    return { busy: (f[0] + f[1] + f[2] + f[5] + (f[7] ?? 0)) * 1e3 / clockTicks, softirq: f[6] * 1e3 / clockTicks }
-  } catch {
-    return null
-  }
-}
-
-/**
- * waitForQuietMachine waits (at most `seconds`) until the machine is busy less than 10 % over
- * a 1 s sample, so that a run does not start while another job (a build, a test suite) holds
- * a CPU. Interference that starts mid-run shows in the run's otherCpuMs.
- */
-async function waitForQuietMachine (seconds) {
-  const start = now()
-  if (seconds === 0 || machineCpu() === null) return { waitedMs: 0, quiet: null }
-  for (;;) {
-    const a = machineCpu()
-    await sleep(1e3)
-    const b = machineCpu()
-    const busyPercent = (b.busy + b.softirq - a.busy - a.softirq) / 10
-    const waitedMs = Math.round(now() - start)
-    if (busyPercent < 10) return { waitedMs, quiet: true }
-    if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
-  }
+  const s = procStat()
+  return s === null ? null : { busy: busyMs(s) - s.softirq, softirq: s.softirq }
 }
 
 /**
@@ -346,25 +299,6 @@ function snapshotDist (stamp) {
     if (JSON.stringify(copied) === JSON.stringify(hashes(join(root, 'dist')))) return { dir, hashes: copied }
   }
   throw new Error('dist/ kept changing while it was being copied (a build running?)')
-}
-
-function ensureBuild (force) {
-  const missing = distFiles.some((f) => !existsSync(join(root, f)))
-  if (force || missing) {
-    console.log(`> npm run build${missing ? ' (dist/ is missing)' : ''}`)
-    const r = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'inherit', timeout: BUILD_TIMEOUT_MS })
-    if (r.error) throw r.error
-    if (r.status !== 0) throw new Error(`npm run build failed (exit ${r.status ?? r.signal})`)
-  }
-  const builtAt = Math.min(...distFiles.map((f) => statSync(join(root, f)).mtimeMs))
-  const newer = []
-  for (const dir of ['plugins', 'plugins/sse']) {
-    for (const f of readdirSync(join(root, dir))) {
-      if (f.endsWith('.ts') && statSync(join(root, dir, f)).mtimeMs > builtAt) newer.push(`${dir}/${f}`)
-    }
-  }
-  if (newer.length > 0) console.warn(`warning: ${newer.join(', ')} changed after dist/ was built; pass --build to measure the current sources`)
-  return { builtAt: new Date(builtAt).toISOString(), sourcesNewerThanBuild: newer }
 }
 
 /** gitState: the commit and whether plugins/ differs from it (read-only git commands). */
@@ -739,7 +673,8 @@ async function main () {
   const stamp = new Date().toISOString().replace(/[:.]/g, '-')
   let dist = null
   if (config.servers.some((s) => s.name === 'ours')) {
-    const build = ensureBuild(config.build)
+    const { builtAt, sourcesNewerThanBuild } = ensureBuild(distFiles, config.build)
+    const build = { builtAt, sourcesNewerThanBuild }
     dist = { ...build, hashes: snapshotDist(stamp).hashes }
   }
   await waitForOtherBenchmarks(config.quietWait)
@@ -789,7 +724,7 @@ async function main () {
       for (const server of order) {
         for (let attempt = 0; ; attempt++) {
           await waitForOtherBenchmarks(config.quietWait)
-          const quiet = await waitForQuietMachine(config.idleWait)
+          const quiet = await waitForQuiet(config.idleWait)
           const rec = await runOnce(server, scenario, config)
           rec.idleWait = quiet
           rec.round = round + 1
