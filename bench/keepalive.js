@@ -11,16 +11,14 @@
 // numbers to bench/results/keepalive-<timestamp>.json. See bench/README.md.
 import autocannon from 'autocannon'
 import { fork } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
-import { dirname, join, relative } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { busyMs, ensureBuild, integerSetting, procStat, root, waitForQuiet } from './lib.js'
+import { busyMs, ensureBuild, integerSetting, procStat, root, waitForQuiet, writeResults } from './lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const serverPath = join(benchDir, 'server.js')
-const resultsDir = join(benchDir, 'results')
 const distFiles = ['dist/plugins/connections.js', 'dist/plugins/timeouts.js']
 const VARIANTS = ['bare', 'kit']
 
@@ -370,27 +368,8 @@ async function main () {
   const summary = summarize(runs, config.rounds)
   printTable(summary)
 
-  mkdirSync(resultsDir, { recursive: true })
-  const stamp = startedAt.toISOString().replace(/[:.]/g, '-')
-  const file = join(resultsDir, `keepalive-${stamp}.json`)
-  writeFileSync(file, JSON.stringify({
-    bench: 'keepalive',
-    command: ['node', relative(root, process.argv[1]), ...process.argv.slice(2)].join(' '),
-    startedAt: startedAt.toISOString(),
-    finishedAt: new Date().toISOString(),
-    config,
-    env: {
-      node: process.version,
-      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
-      cpus: os.cpus().length,
-      cpuModel: os.cpus()[0]?.model ?? null,
-      loadavgAtEnd: os.loadavg()
-    },
-    dist,
-    summary,
-    runs
-  }, null, 2) + '\n')
-  console.log(`raw results: ${relative(root, file)}`)
+  const file = writeResults('keepalive', startedAt, { head: { config }, body: { dist, summary, runs } })
+  console.log(`raw results: ${file}`)
 }
 
 let exitCode = 0

@@ -1,12 +1,12 @@
 // What the benchmark drivers share: integer settings, the build they measure, the machine's
-// CPU from /proc/stat, waiting for a quiet machine, and spotting the repository's other
-// benchmarks. Plain JS (no build step), used by bench/keepalive.js, bench/client/run.js and
+// CPU from /proc/stat, waiting for a quiet machine, spotting the repository's other
+// benchmarks, and the results file. Plain JS (no build step), used by bench/keepalive.js, bench/client/run.js and
 // bench/sse/run.js.
 import { spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
 /** The repository's root folder. */
@@ -110,4 +110,30 @@ export function otherBenchmarks (pattern) {
     const pid = Number(l.split(/\s+/, 1)[0])
     return pid !== process.pid && !l.includes('ps -eo')
   })
+}
+
+/**
+ * writeResults writes bench/results/<bench>-<timestamp>.json: the command, the dates, the
+ * machine, then `data` (config, summary, runs...). Returns the file's path, relative to the root.
+ */
+export function writeResults (bench, startedAt, data) {
+  const dir = join(root, 'bench', 'results')
+  mkdirSync(dir, { recursive: true })
+  const file = join(dir, `${bench}-${startedAt.toISOString().replace(/[:.]/g, '-')}.json`)
+  writeFileSync(file, JSON.stringify({
+    bench,
+    command: ['node', relative(root, process.argv[1]), ...process.argv.slice(2)].join(' '),
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    ...data.head,
+    env: {
+      node: process.version,
+      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
+      cpus: os.cpus().length,
+      cpuModel: os.cpus()[0]?.model ?? null,
+      loadavgAtEnd: os.loadavg()
+    },
+    ...data.body
+  }, null, 2) + '\n')
+  return relative(root, file)
 }

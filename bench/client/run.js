@@ -12,18 +12,16 @@
 // bench/results/client-<timestamp>.json. Every wait is bounded; every child is stopped on
 // exit, on error and on Ctrl-C.
 import { fork } from 'node:child_process'
-import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
-import { dirname, join, relative } from 'node:path'
+import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 
-import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, root, sleep, waitForQuiet } from '../lib.js'
+import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, root, sleep, waitForQuiet, writeResults } from '../lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const upstreamPath = join(benchDir, 'upstream.js')
 const callerPath = join(benchDir, 'caller.js')
-const resultsDir = join(benchDir, '..', 'results')
 const distFiles = ['dist/plugins/connections.js', 'dist/plugins/client.js']
 const ALL_VARIANTS = ['pool', 'per-request', 'undici']
 
@@ -353,27 +351,8 @@ async function main () {
   const summary = summarize(runs, config)
   printTable(summary, config)
 
-  mkdirSync(resultsDir, { recursive: true })
-  const stamp = startedAt.toISOString().replace(/[:.]/g, '-')
-  const file = join(resultsDir, `client-${stamp}.json`)
-  writeFileSync(file, JSON.stringify({
-    bench: 'client',
-    command: ['node', relative(root, process.argv[1]), ...process.argv.slice(2)].join(' '),
-    startedAt: startedAt.toISOString(),
-    finishedAt: new Date().toISOString(),
-    config,
-    env: {
-      node: process.version,
-      platform: `${os.platform()} ${os.release()} ${os.arch()}`,
-      cpus: os.cpus().length,
-      cpuModel: os.cpus()[0]?.model ?? null,
-      loadavgAtEnd: os.loadavg()
-    },
-    dist,
-    summary,
-    runs
-  }, null, 2) + '\n')
-  console.log(`raw results: ${relative(root, file)}`)
+  const file = writeResults('client', startedAt, { head: { config }, body: { dist, summary, runs } })
+  console.log(`raw results: ${file}`)
 }
 
 let exitCode = 0
