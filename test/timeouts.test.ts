@@ -181,23 +181,35 @@ test('handlerTimeout: a default deadline for routes without one; long-lived rout
   t.equal((await app.inject('/stream')).body, 'finished', 'a long-lived route gets no default deadline')
 })
 
+/**
+ * trickleUntilCut opens a connection, sends `head`, then `piece` every `every` ms, and resolves
+ * once the server has cut it: how long that took (ms) and what the client received.
+ */
+async function trickleUntilCut (t: Test, port: number, head: string, piece: string, every: number, deadline: number): Promise<{ elapsed: number, text: string }> {
+  const socket = await connect(t, port)
+  const received = collect(socket)
+  const start = Date.now()
+  socket.write(head)
+  const timer = setInterval(() => { if (socket.writable) socket.write(piece) }, every)
+  t.teardown(() => { clearInterval(timer) })
+  try {
+    await withDeadline(received.closed, deadline, 'the slow client to be cut')
+  } finally {
+    clearInterval(timer)
+  }
+  return { elapsed: Date.now() - start, text: received.text() }
+}
+
 test('slow headers are cut at headersTimeout; a normal client is served', async (t) => {
   const { app } = await appWith(t, { headersTimeout: 500, requestTimeout: 2000, connectionsCheckingInterval: 50, minDataRate: null })
   app.get('/', async () => 'ok')
   const port = await listen(app)
-  const socket = await connect(t, port)
-  const received = collect(socket)
-  const start = Date.now()
-  socket.write('GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n')
   // Keep trickling header bytes: activity alone must not keep the request alive.
-  const trickle = setInterval(() => { if (socket.writable) socket.write('X-A: b\r\n') }, 100)
-  t.teardown(() => { clearInterval(trickle) })
+  const cut = trickleUntilCut(t, port, 'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n', 'X-A: b\r\n', 100, 3000)
   t.equal(await normalRequest(port), '200 ok')
-  await withDeadline(received.closed, 3000, 'the slow client to be cut')
-  clearInterval(trickle)
-  const elapsed = Date.now() - start
+  const { elapsed, text } = await cut
   t.ok(elapsed >= 450 && elapsed < 1500, `closed after ${elapsed} ms (headersTimeout 500)`)
-  t.match(received.text(), /^HTTP\/1\.1 408/)
+  t.match(text, /^HTTP\/1\.1 408/)
 })
 
 test('a slow body is cut at requestTimeout', async (t) => {
@@ -205,18 +217,11 @@ test('a slow body is cut at requestTimeout', async (t) => {
   app.post('/', async () => 'ok')
   app.get('/', async () => 'ok')
   const port = await listen(app)
-  const socket = await connect(t, port)
-  const received = collect(socket)
-  const start = Date.now()
-  socket.write('POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n')
-  const trickle = setInterval(() => { if (socket.writable) socket.write('x') }, 50)
-  t.teardown(() => { clearInterval(trickle) })
+  const cut = trickleUntilCut(t, port, 'POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 100\r\n\r\n', 'x', 50, 3000)
   t.equal(await normalRequest(port), '200 ok')
-  await withDeadline(received.closed, 3000, 'the slow body to be cut')
-  clearInterval(trickle)
-  const elapsed = Date.now() - start
+  const { elapsed, text } = await cut
   t.ok(elapsed >= 750 && elapsed < 1800, `closed after ${elapsed} ms (requestTimeout 800)`)
-  t.match(received.text(), /^HTTP\/1\.1 408/)
+  t.match(text, /^HTTP\/1\.1 408/)
 })
 
 test('a body trickled just fast enough to defeat the deadlines is cut by minDataRate', async (t) => {
@@ -233,12 +238,7 @@ test('a body trickled just fast enough to defeat the deadlines is cut by minData
   app.get('/', async () => 'ok')
   const port = await listen(app)
 
-  const socket = await connect(t, port)
-  const received = collect(socket)
-  const start = Date.now()
-  socket.write('POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n')
-  const trickle = setInterval(() => { if (socket.writable) socket.write('x') }, 100)
-  t.teardown(() => { clearInterval(trickle) })
+  const cut = trickleUntilCut(t, port, 'POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n', 'x', 100, 5000)
 
   // A fast upload on another connection is not touched.
   const client = new Client(`http://127.0.0.1:${port}`)
@@ -246,11 +246,9 @@ test('a body trickled just fast enough to defeat the deadlines is cut by minData
   const fast = await client.request({ path: '/', method: 'POST', body: 'y'.repeat(100_000), headers: { 'content-type': 'text/plain' } })
   t.equal(await fast.body.text(), 'got 100000')
 
-  await withDeadline(received.closed, 5000, 'the trickling client to be cut')
-  clearInterval(trickle)
-  const elapsed = Date.now() - start
+  const { elapsed, text } = await cut
   t.ok(elapsed >= 600 && elapsed < 2500, `closed after ${elapsed} ms (grace 600 ms)`)
-  t.match(received.text(), /^HTTP\/1\.1 408 Request Timeout/)
+  t.match(text, /^HTTP\/1\.1 408 Request Timeout/)
   t.equal(app.connections.stats().slowUploadsClosed, 1)
   t.equal(lines.filter((l) => /upload was below the minimum data rate/.test(l.msg)).length, 1, 'logged once')
   t.equal(await normalRequest(port), '200 ok')
