@@ -195,13 +195,6 @@ class Connection implements ConnectionInfo {
   }
 }
 
-interface TrackedStream {
-  conn: Connection | undefined
-  handle: StreamHandle
-  response: ServerResponse | Http2ServerResponse
-  onClose: () => void
-}
-
 type AnyRequest = IncomingMessage | Http2ServerRequest
 type AnyResponse = ServerResponse | Http2ServerResponse
 
@@ -212,7 +205,9 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   const server = fastify.server
   // Keyed by what a request can reach: its socket for HTTP/1.x, its session for HTTP/2.
   const conns = new Map<Socket | Http2Session, Connection>()
-  const streams = new Set<TrackedStream>()
+  // A stream is dropped when its response closes, by the 'close' listener every request already
+  // has (see onRequest): tracking one costs a Map entry, no listener or object of its own.
+  const streams = new Map<AnyResponse, StreamHandle>()
   const waiters = new Set<() => void>()
   let inFlight = 0
   let active = 0
@@ -245,17 +240,19 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       active--
       conn.inFlight = 0
     }
-    for (const s of streams) {
-      if (s.conn === conn) dropStream(s)
-    }
+    // Its streams' responses close right after (Node closes a response with its socket or
+    // session), and each is dropped then.
     notifyIfIdle()
   }
 
+  // Shared listeners (`this` is the socket or session): no closure per connection.
+  function onConnectionClose (this: Socket | Http2Session): void { remove(this) }
+
   function onSocket (socket: Socket): void {
     if (detached) return
-    const conn = new Connection(socket, null)
-    add(socket, conn)
-    socket.once('close', () => { remove(socket) })
+    add(socket, new Connection(socket, null))
+    // 'close' fires once, so `on` is enough (and avoids once's wrapper).
+    socket.on('close', onConnectionClose)
   }
 
   function onTlsSocket (socket: Socket & { alpnProtocol?: string | false }): void {
@@ -267,9 +264,8 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
 
   function onSession (session: ServerHttp2Session): void {
     if (detached) return
-    const conn = new Connection(session.socket as Socket, session)
-    add(session, conn)
-    session.once('close', () => { remove(session) })
+    add(session, new Connection(session.socket as Socket, session))
+    session.on('close', onConnectionClose)
   }
 
   function onRequest (req: AnyRequest, res: AnyResponse): void {
@@ -281,7 +277,10 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     inFlight++
     if (req.httpVersionMajor === 2) {
       // An HTTP/2 stream forgets its session once closed, so remember the connection here.
-      res.on('close', () => { responseDone(conn, res) })
+      res.on('close', () => {
+        dropStream(res, conn)
+        responseDone(conn, res)
+      })
       return
     }
     conn.request = req as IncomingMessage
@@ -294,6 +293,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   // `this` is an HTTP/1.x response: one shared function, no closure per request.
   function onResponseClose (this: ServerResponse): void {
     const conn = conns.get(this.req.socket)
+    dropStream(this, conn)
     if (conn !== undefined) responseDone(conn, this)
   }
 
@@ -315,10 +315,10 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     notifyIfIdle()
   }
 
-  function dropStream (s: TrackedStream): void {
-    if (!streams.delete(s)) return
-    s.response.removeListener('close', s.onClose)
-    if (s.conn !== undefined) s.conn.streams--
+  /** dropStream forgets the stream of `res` (if any); `conn` is its connection, if still open. */
+  function dropStream (res: AnyResponse, conn: Connection | undefined): void {
+    if (!streams.delete(res)) return
+    if (conn !== undefined && conn.streams > 0) conn.streams--
     notifyIfIdle()
   }
 
@@ -361,14 +361,19 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       }
       const response: AnyResponse = 'raw' in target ? target.raw : target
       const conn = connectionOf(response)
-      const s: TrackedStream = { conn, handle, response, onClose: () => { dropStream(s) } }
       if (response.writableEnded || (conn !== undefined && conn.closed) || (response as ServerResponse).destroyed === true) {
         return { untrack () {} }
       }
-      streams.add(s)
-      if (conn !== undefined) conn.streams++
-      response.once('close', s.onClose)
-      return { untrack () { dropStream(s) } }
+      if (streams.has(response)) throw invalid('trackStream(target)', 'a response that is not tracked yet', 'one already tracked')
+      streams.set(response, handle)
+      if (conn === undefined) {
+        // Not seen by onRequest (an injected request, or one that came before the registry): no
+        // listener of ours drops it, so it gets its own.
+        response.once('close', () => { dropStream(response, undefined) })
+      } else {
+        conn.streams++
+      }
+      return { untrack () { dropStream(response, conn) } }
     },
 
     recordSlowClient (kind) {
@@ -433,10 +438,10 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       let closed = 0
       let failed = 0
       const step = list.length > 1 ? window / (list.length - 1) : 0
-      const closeOne = async (s: TrackedStream): Promise<void> => {
-        if (!streams.has(s)) return // its client left while it waited for its turn
+      const closeOne = async ([response, handle]: [AnyResponse, StreamHandle]): Promise<void> => {
+        if (streams.get(response) !== handle) return // its client left while it waited for its turn
         try {
-          await s.handle.close(reason)
+          await handle.close(reason)
           closed++
         } catch (err) {
           failed++

@@ -8,11 +8,11 @@
  * leaves within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
  * `maxBufferedBytes`; past it, the slow-consumer policy applies.
  */
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import type { ServerResponse } from 'node:http'
 import type { Http2ServerResponse } from 'node:http2'
 import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
-import type { ConnectionRegistry } from '../connections.js'
+import type { ConnectionRegistry, StreamHandle } from '../connections.js'
 import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
 import type { Flushable, Flusher } from './flusher.js'
 import type { HeartbeatTarget, Heartbeats } from './heartbeat.js'
@@ -64,7 +64,6 @@ function isIterable (value: unknown): value is AsyncIterable<unknown> | Iterable
      typeof (value as Iterable<unknown>)[Symbol.iterator] === 'function')
 }
 
-/** SseStream is `reply.sse`: the stream of one request, created on first use. */
 /** What all the streams of one app share: the registry, the flusher, the heartbeat timers. */
 export interface StreamShared {
   registry: ConnectionRegistry | null
@@ -72,53 +71,85 @@ export interface StreamShared {
   heartbeats: Heartbeats
 }
 
+type Waiter = { resolve: () => void, reject: (err: Error) => void }
+
+// The stream of a response, for SseStream's listeners, which are shared by all streams.
+const kStream = Symbol('fastify-long-lived.sse.stream')
+type StreamResponse = ServerResponse & { [kStream]?: SseStream }
+
+/** GracefulClose is the registry's handle on a stream: close(reason) is closeGracefully(reason). */
+class GracefulClose implements StreamHandle {
+  readonly #stream: SseStream
+  constructor (stream: SseStream) { this.#stream = stream }
+  close (reason: string): Promise<void> { return this.#stream.closeGracefully(reason) }
+}
+
+/**
+ * SseStream is `reply.sse`: the stream of one request, created on first use.
+ *
+ * An idle stream is kept small (thousands stay open per process): fields used by few streams
+ * are created on first use, and once the headers are out the stream lets go of the Fastify
+ * reply and request (only the response and the request's logger are kept).
+ */
 export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
-  readonly #reply: FastifyReply
+  /** The reply until the headers are sent; null after. */
+  #reply: FastifyReply | null
+  readonly #log: FastifyBaseLogger
   // Typed as HTTP/1.x; HTTP/2's compat response has the same methods, and the helpers at the
   // end of this file handle where it differs.
-  readonly #res: ServerResponse
+  readonly #res: StreamResponse
   readonly #settings: StreamSettings
-  readonly #registry: ConnectionRegistry | null
-  readonly #flusher: Flusher
-  readonly #heartbeats: Heartbeats
+  readonly #shared: StreamShared
   // Created on first use: most streams never need them, and an idle stream should stay small.
   #abort: AbortController | null = null
   readonly #lastEventId: string | null
   #state: State = 'new'
-  #pending: Buffer[] = []
+  #pending: Buffer[] | null = null
   #pendingBytes = 0
   #flushScheduled = false
   /** True from a write() that returned false until 'drain': the client has not taken an earlier turn's bytes. */
   #backedUp = false
-  #flushWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
-  #drainWaiters: Array<{ resolve: () => void, reject: (err: Error) => void }> = []
+  #flushWaiters: Waiter[] | null = null
+  #drainWaiters: Waiter[] | null = null
   #dropped = 0
   #slowLogged = false
+  /** performance.now() of the last write, in whole ms (an integer field needs no box of its own). */
   #lastWriteAt = 0
   #heartbeatOn = false
   #lifetimeTimer: NodeJS.Timeout | null = null
   #closeCallbacks: Array<() => void> | null = null
   #iterators: Set<AsyncIterator<unknown> | Iterator<unknown>> | null = null
-  #subscriptions: Set<Subscribable> | null = null
+  /** The channels subscribed to (an array: a stream has one or two; a Set would weigh more). */
+  #subscriptions: Subscribable[] | null = null
   #kept = false
-  #ended: Promise<void> | null = null
-  #endedResolve: (() => void) | null = null
+  #ended: { promise: Promise<void>, resolve: () => void } | null = null
   #closeReason = 'client disconnected'
   #clientLeft = false
   /** Set when the slow-consumer policy cut the client. */
   #cut = false
 
+  // The response's listeners, shared by every stream (`this` is the response): no closure per stream.
+  static #onClose (this: StreamResponse): void {
+    const stream = this[kStream]
+    if (stream !== undefined) stream.#closed()
+  }
+
+  static #onDrain (this: StreamResponse): void {
+    const stream = this[kStream]
+    if (stream !== undefined) stream.#drained()
+  }
+
   constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, shared: StreamShared) {
     this.#reply = reply
-    this.#flusher = shared.flusher
-    this.#heartbeats = shared.heartbeats
-    this.#res = reply.raw as ServerResponse
+    this.#log = reply.log
+    this.#shared = shared
+    this.#res = reply.raw as StreamResponse
     this.#settings = settings
-    this.#registry = shared.registry
     this.#lastEventId = readLastEventId(request, settings.lastEventIdQuery)
-    // 'close' fires once; #onClose removes the listener itself (`on` spares once()'s wrapper).
-    this.#res.on('close', this.#onClose)
-    if (isDestroyed(this.#res)) this.#onClose()
+    this.#res[kStream] = this
+    // 'close' fires once; #closed removes the listener itself (`on` spares once()'s wrapper).
+    this.#res.on('close', SseStream.#onClose)
+    if (isDestroyed(this.#res)) this.#closed()
   }
 
   /** lastEventId is the client's `Last-Event-ID` (or the configured query parameter), else null. */
@@ -137,7 +168,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   }
 
   /** shouldKeepAlive tells whether the stream stays open after the route handler returns. */
-  get shouldKeepAlive (): boolean { return this.#kept || (this.#subscriptions?.size ?? 0) > 0 }
+  get shouldKeepAlive (): boolean { return this.#kept || (this.#subscriptions?.length ?? 0) > 0 }
 
   /** Bytes waiting for the client: our queue plus what Node has not yet handed to the socket. */
   get bufferedBytes (): number { return this.#pendingBytes + (this.#res.writableLength ?? 0) }
@@ -148,8 +179,12 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   /** #whenEnded resolves once the stream has closed (its promise is made on first demand). */
   #whenEnded (): Promise<void> {
     if (this.#state === 'closed') return Promise.resolve()
-    this.#ended ??= new Promise((resolve) => { this.#endedResolve = resolve })
-    return this.#ended
+    if (this.#ended === null) {
+      let done!: () => void
+      const promise = new Promise<void>((resolve) => { done = resolve })
+      this.#ended = { promise, resolve: done }
+    }
+    return this.#ended.promise
   }
 
   /** onClose runs `callback` once when the stream closes, for whatever reason. */
@@ -164,7 +199,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
    */
   sendHeaders (statusCode?: number): void {
     if (this.#state !== 'new') return
-    const reply = this.#reply
+    const reply = this.#reply!
     const res = this.#res
     const headers = reply.getHeaders() as Record<string, string | number | string[] | undefined>
     headers['content-type'] = 'text/event-stream; charset=utf-8'
@@ -179,10 +214,11 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // handlerTimeout cannot cut the stream; our own lifetime limits replace it.
     reply.hijack()
     res.writeHead(statusCode ?? reply.statusCode ?? 200, headers as Record<string, string | string[]>)
-    if (!http2) (res as ServerResponse).socket?.setNoDelay(true)
+    if (!http2) res.socket?.setNoDelay(true)
     this.#state = 'open'
-    res.on('drain', this.#onDrain)
-    this.#registry?.trackStream(res, { close: (reason) => this.closeGracefully(reason) })
+    this.#reply = null // from here the response is all a stream needs
+    res.on('drain', SseStream.#onDrain)
+    this.#shared.registry?.trackStream(res, new GracefulClose(this))
     if (this.#settings.retry !== null) this.write(encodeEvent({ retry: this.#settings.retry }))
     else res.flushHeaders()
     this.#startTimers()
@@ -210,8 +246,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
     this.sendHeaders()
-    const subscriptions = this.#subscriptions ??= new Set()
-    const list = (Array.isArray(channels) ? channels : [channels]).filter((c) => !subscriptions.has(c))
+    const subscriptions = this.#subscriptions ??= []
+    const list = [...new Set(Array.isArray(channels) ? channels : [channels])].filter((c) => !subscriptions.includes(c))
     const missed: Array<{ seq: number, buf: Buffer }> = []
     let reset = false
     if (this.#lastEventId !== null) {
@@ -231,7 +267,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // Nothing can be published between the replay and the attach: this is all synchronous.
     for (const channel of list) {
       channel.attach(this)
-      subscriptions.add(channel)
+      subscriptions.push(channel)
     }
     return { replayed: missed.length, reset }
   }
@@ -259,11 +295,11 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   }
 
   #enqueue (buf: Buffer): void {
-    this.#pending.push(buf)
+    (this.#pending ??= []).push(buf)
     this.#pendingBytes += buf.length
     if (!this.#flushScheduled) {
       this.#flushScheduled = true
-      this.#flusher.schedule(this)
+      this.#shared.flusher.schedule(this)
     }
   }
 
@@ -274,7 +310,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
         else reject(new FLL_ERR_SSE_CLOSED(this.#closeReason))
         return
       }
-      this.#flushWaiters.push({ resolve, reject })
+      (this.#flushWaiters ??= []).push({ resolve, reject })
     })
   }
 
@@ -284,44 +320,48 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
    */
   flushNow (): void {
     this.#flushScheduled = false
-    if (this.#state !== 'open' || this.#pending.length === 0) return
-    if (this.#backedUp) return // #onDrain flushes
+    if (this.#state !== 'open' || this.#pending === null) return
+    if (this.#backedUp) return // #drained flushes
     this.#writePending()
   }
 
   /** #writePending hands the whole queue to Node as one write and settles the sends waiting for it. */
   #writePending (): void {
-    const data = this.#pending.length === 1 ? this.#pending[0]! : this.#flusher.join(this.#pending, this.#pendingBytes)
-    this.#pending = []
+    const pending = this.#pending
+    if (pending === null) return
+    const data = pending.length === 1 ? pending[0]! : this.#shared.flusher.join(pending, this.#pendingBytes)
+    this.#pending = null
     this.#pendingBytes = 0
     const ok = this.#res.write(data)
     this.#backedUp = !ok
-    this.#lastWriteAt = performance.now()
+    this.#lastWriteAt = Math.floor(performance.now())
     const waiters = this.#flushWaiters
-    this.#flushWaiters = []
+    if (waiters === null) return
+    this.#flushWaiters = null
     if (ok) for (const w of waiters) w.resolve()
-    else this.#drainWaiters.push(...waiters)
+    else (this.#drainWaiters ??= []).push(...waiters)
   }
 
-  readonly #onDrain = (): void => {
+  /** #drained runs on the response's 'drain': the client took everything. */
+  #drained (): void {
     this.#backedUp = false
     const waiters = this.#drainWaiters
-    this.#drainWaiters = []
-    for (const w of waiters) w.resolve()
+    this.#drainWaiters = null
+    if (waiters !== null) for (const w of waiters) w.resolve()
     if (this.#dropped > 0 && this.#state === 'open') {
       const count = this.#dropped
       this.#dropped = 0
       this.#enqueue(encodeEvent({ event: 'dropped', data: { count } }))
     }
-    if (this.#pending.length > 0) this.flushNow()
+    if (this.#pending !== null) this.flushNow()
   }
 
   #slowConsumer (): void {
     const { onSlowConsumer, maxBufferedBytes } = this.#settings
     if (!this.#slowLogged) {
       this.#slowLogged = true
-      this.#registry?.recordSlowClient('consumer')
-      this.#reply.log.info({ bufferedBytes: this.bufferedBytes, maxBufferedBytes, policy: onSlowConsumer },
+      this.#shared.registry?.recordSlowClient('consumer')
+      this.#log.info({ bufferedBytes: this.bufferedBytes, maxBufferedBytes, policy: onSlowConsumer },
         'fastify-long-lived: SSE client reads too slowly')
     }
     if (onSlowConsumer === 'drop') {
@@ -331,7 +371,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // Nothing more can reach a client that does not read: cut it, and free what waits for it.
     this.#closeReason = 'slow consumer'
     this.#cut = true
-    this.#state = 'closing' // no more writes; #onClose finishes the cleanup when the socket is gone
+    this.#state = 'closing' // no more writes; #closed finishes the cleanup when the socket is gone
     this.#stopTimers()
     destroy(this.#res, new FLL_ERR_SSE_SLOW_CONSUMER(maxBufferedBytes))
   }
@@ -361,7 +401,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
 
   /** #fail ends an open stream because its source threw: an `error` event, then the end. */
   #fail (err: Error): void {
-    this.#reply.log.error({ err }, 'fastify-long-lived: SSE source failed')
+    this.#log.error({ err }, 'fastify-long-lived: SSE source failed')
     const message = this.#settings.exposeErrors ? err.message : 'Internal Server Error'
     this.#enqueue(encodeEvent({ event: 'error', data: { message } }))
     this.#end('source failed')
@@ -388,7 +428,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#closeReason = reason
     this.#stopTimers()
     // Hand what is queued to Node now; end() then waits for it to reach the socket.
-    if (this.#pending.length > 0) this.#writePending()
+    this.#writePending()
     this.#res.end()
   }
 
@@ -396,8 +436,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     const { heartbeatInterval, maxLifetime } = this.#settings
     if (heartbeatInterval !== null) {
       // Started only once the headers are out: before that there is no stream to keep alive.
-      this.#lastWriteAt = performance.now()
-      this.#heartbeats.add(this, heartbeatInterval)
+      this.#lastWriteAt = Math.floor(performance.now())
+      this.#shared.heartbeats.add(this, heartbeatInterval)
       this.#heartbeatOn = true
     }
     if (maxLifetime !== null) {
@@ -409,7 +449,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   }
 
   #stopTimers (): void {
-    if (this.#heartbeatOn) this.#heartbeats.delete(this, this.#settings.heartbeatInterval!)
+    if (this.#heartbeatOn) this.#shared.heartbeats.delete(this, this.#settings.heartbeatInterval!)
     if (this.#lifetimeTimer !== null) clearTimeout(this.#lifetimeTimer)
     this.#heartbeatOn = false
     this.#lifetimeTimer = null
@@ -422,23 +462,25 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     if (this.#state === 'open' && now - this.#lastWriteAt >= interval - 1 && this.bufferedBytes === 0) this.#enqueue(heartbeat)
   }
 
-  /** #onClose runs once, when the response closes: the client left, or the stream ended. */
-  readonly #onClose = (): void => {
+  /** #closed runs once, when the response closes: the client left, or the stream ended. */
+  #closed (): void {
     if (this.#state === 'closed') return
     const clientLeft = this.#state !== 'closing' || this.#cut
     this.#clientLeft = clientLeft
     this.#state = 'closed'
     this.#stopTimers()
-    this.#res.removeListener('drain', this.#onDrain)
-    this.#res.removeListener('close', this.#onClose)
-    this.#pending = []
+    this.#res.removeListener('drain', SseStream.#onDrain)
+    this.#res.removeListener('close', SseStream.#onClose)
+    delete this.#res[kStream]
+    this.#reply = null
+    this.#pending = null
     this.#pendingBytes = 0
     const err = new FLL_ERR_SSE_CLOSED(this.#closeReason)
     // Ended by the server: everything was handed to Node before end(). Client gone: not delivered.
-    for (const w of this.#flushWaiters) clientLeft ? w.reject(err) : w.resolve()
-    for (const w of this.#drainWaiters) clientLeft ? w.reject(err) : w.resolve()
-    this.#flushWaiters = []
-    this.#drainWaiters = []
+    for (const w of this.#flushWaiters ?? []) clientLeft ? w.reject(err) : w.resolve()
+    for (const w of this.#drainWaiters ?? []) clientLeft ? w.reject(err) : w.resolve()
+    this.#flushWaiters = null
+    this.#drainWaiters = null
     for (const channel of this.#subscriptions ?? []) channel.detach(this)
     this.#subscriptions = null
     this.#abort?.abort(err)
@@ -450,16 +492,16 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
       } catch {}
     }
     this.#iterators = null
-    if (clientLeft) this.#reply.log.debug('fastify-long-lived: SSE client disconnected')
+    if (clientLeft) this.#log.debug('fastify-long-lived: SSE client disconnected')
     for (const callback of this.#closeCallbacks ?? []) {
       try {
         callback()
       } catch (cbErr) {
-        this.#reply.log.error({ err: cbErr }, 'fastify-long-lived: an SSE onClose callback threw')
+        this.#log.error({ err: cbErr }, 'fastify-long-lived: an SSE onClose callback threw')
       }
     }
     this.#closeCallbacks = null
-    this.#endedResolve?.()
+    this.#ended?.resolve()
   }
 }
 
