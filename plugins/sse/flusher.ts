@@ -41,15 +41,15 @@ export class Flusher {
    * join returns `parts` as one Buffer, the same one as the previous call when the parts are the
    * same Buffers in the same order (compared by identity: cheaper than copying them again).
    */
-  join (parts: Buffer[], bytes: number): Buffer {
+  join (parts: Buffer[]): Buffer {
     const last = this.#joinedParts
-    if (this.#joined !== null && last.length === parts.length && this.#joined.length === bytes) {
+    if (this.#joined !== null && last.length === parts.length) {
       let same = true
       for (let i = 0; i < parts.length; i++) if (parts[i] !== last[i]) { same = false; break }
       if (same) return this.#joined
     }
     this.#joinedParts = parts
-    this.#joined = Buffer.concat(parts, bytes)
+    this.#joined = Buffer.concat(parts)
     return this.#joined
   }
 

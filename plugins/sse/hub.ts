@@ -1,6 +1,6 @@
 /**
  * hub: named channels. A publish encodes the event once and hands the same Buffer to every
- * subscriber's bounded writer; a replay buffer lets a reconnecting client with Last-Event-ID
+ * subscriber's bounded writer (through the turn's shared Batch: see batch.ts); a replay buffer lets a reconnecting client with Last-Event-ID
  * receive exactly what it missed, in order, or a `reset` event when that is no longer possible.
  *
  * Ids: when the publisher gives none, the channel assigns one from a sequence shared by the
@@ -12,6 +12,7 @@
  *
  * Storage sits behind `HistoryStore`, the seam where a pub/sub backend can plug in later.
  */
+import { Batch } from './batch.js'
 import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
 import type { StreamSink, Subscribable } from './stream.js'
 
@@ -120,6 +121,8 @@ export class Channel implements Subscribable {
   readonly #hub: Hub
   readonly #history: MemoryHistory | null
   readonly #sinks = new Set<StreamSink>()
+  /** The batch this turn's publishes go to, until it is sealed. */
+  #batch: Batch | null = null
 
   /** A null history makes an ephemeral channel. */
   constructor (hub: Hub, name: string, history: MemoryHistory | null) {
@@ -140,8 +143,7 @@ export class Channel implements Subscribable {
    */
   publish (event: SseEvent): string {
     if (this.#history === null) {
-      const buf = encodeEvent(event, this.#hub.serializer)
-      for (const sink of this.#sinks) sink.write(buf)
+      this.#deliver(encodeEvent(event, this.#hub.serializer))
       return event.id === undefined ? '' : String(event.id)
     }
     const seq = this.#hub.nextSeq()
@@ -149,8 +151,20 @@ export class Channel implements Subscribable {
     const buf = encodeEvent(event.id === undefined ? { ...event, id } : event, this.#hub.serializer)
     // Appended even with historySize 0: the history then knows the event was lost.
     this.#history.append({ seq, id, buf, at: Date.now() })
-    for (const sink of this.#sinks) sink.write(buf)
+    this.#deliver(buf)
     return id
+  }
+
+  /** #deliver appends `buf` to this turn's batch, or starts a new batch and hands it to every subscriber. */
+  #deliver (buf: Buffer): void {
+    if (this.#batch !== null && this.#batch.add(buf)) return
+    if (this.#sinks.size === 0) {
+      this.#batch = null
+      return
+    }
+    const next = new Batch(buf)
+    this.#batch = next
+    for (const sink of this.#sinks) sink.writeBatch(next)
   }
 
   missed (lastEventId: string): StoredEvent[] | null {
@@ -161,6 +175,8 @@ export class Channel implements Subscribable {
   }
 
   attach (sink: StreamSink): void {
+    // The open batch went out before this subscriber came: what follows goes to a new one.
+    this.#batch?.seal()
     this.#sinks.add(sink)
   }
 

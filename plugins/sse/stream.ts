@@ -2,10 +2,10 @@
  * stream: one open Server-Sent Events response. It owns the headers, the hijack, a bounded
  * queue with backpressure, the heartbeat, the AbortSignal, and the close with a final event.
  *
- * Delivery: events written during one turn of the event loop are queued as encoded Buffers and
- * written to the socket as one write when the turn ends (the app's Flusher), so a burst, a
- * replay or a fast iterator costs one `write()` instead of one per event, and a lone event still
- * leaves within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
+ * Delivery: events written during one turn of the event loop are queued as encoded Buffers (a
+ * channel's events as the turn's shared Batch) and written to the socket as one write when the
+ * turn ends (the app's Flusher), so a burst, a replay or a fast iterator costs one `write()`
+ * instead of one per event, and a lone event still leaves within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
  * `maxBufferedBytes`; past it, the slow-consumer policy applies.
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
@@ -13,6 +13,7 @@ import type { ServerResponse } from 'node:http'
 import type { Http2ServerResponse } from 'node:http2'
 import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
 import type { ConnectionRegistry, StreamHandle } from '../connections.js'
+import { Batch } from './batch.js'
 import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
 import type { Flushable, Flusher } from './flusher.js'
 import type { HeartbeatTarget, Heartbeats } from './heartbeat.js'
@@ -49,6 +50,11 @@ export interface Subscribable {
 export interface StreamSink {
   /** write queues one encoded event; false if the stream is closed or dropped it. */
   write (buf: Buffer): boolean
+  /**
+   * writeBatch queues a channel's batch: the events in it now and those added to it until it is
+   * sealed. False if the stream is closed or dropped it.
+   */
+  writeBatch (batch: Batch): boolean
 }
 
 /** A value `send()` accepts: one event, a string (sent as data), or an (async) iterable of them. */
@@ -104,14 +110,20 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   #abort: AbortController | null = null
   readonly #lastEventId: string | null
   #state: State = 'new'
-  #pending: Buffer[] | null = null
+  /** What waits for the end of the turn, in order: encoded events and channel batches. */
+  #pending: Array<Buffer | Batch> | null = null
+  /** Bytes in #pending, except the last batch's while it is the tail (it may still grow). */
   #pendingBytes = 0
+  /** The last entry of #pending when it is a batch. */
+  #tail: Batch | null = null
   #flushScheduled = false
   /** True from a write() that returned false until 'drain': the client has not taken an earlier turn's bytes. */
   #backedUp = false
   #flushWaiters: Waiter[] | null = null
   #drainWaiters: Waiter[] | null = null
+  /** Events skipped by the 'drop' policy, and skipped batches whose count may still grow. */
   #dropped = 0
+  #droppedBatches: Batch[] | null = null
   #slowLogged = false
   /** performance.now() of the last write, in whole ms (an integer field needs no box of its own). */
   #lastWriteAt = 0
@@ -171,7 +183,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   get shouldKeepAlive (): boolean { return this.#kept || (this.#subscriptions?.length ?? 0) > 0 }
 
   /** Bytes waiting for the client: our queue plus what Node has not yet handed to the socket. */
-  get bufferedBytes (): number { return this.#pendingBytes + (this.#res.writableLength ?? 0) }
+  get bufferedBytes (): number { return this.#pendingBytes + (this.#tail?.bytes ?? 0) + (this.#res.writableLength ?? 0) }
 
   /** keepAlive keeps the stream open after the route handler returns (until close() or the client leaves). */
   keepAlive (): void { this.#kept = true }
@@ -287,16 +299,46 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // an earlier turn wrote. A burst within one turn says nothing about the client (Node corks
     // the socket until the turn ends anyway), so it is queued whole and written at once.
     if (this.#backedUp && this.bufferedBytes + buf.length > this.#settings.maxBufferedBytes) {
-      this.#slowConsumer()
+      this.#slowConsumer(null)
       return false
     }
     this.#enqueue(buf)
     return true
   }
 
-  #enqueue (buf: Buffer): void {
-    (this.#pending ??= []).push(buf)
-    this.#pendingBytes += buf.length
+  /**
+   * writeBatch queues a channel's batch (StreamSink). While the socket is backed up, the batch
+   * may grow only as far as this stream's limit leaves room (Batch.limit).
+   */
+  writeBatch (batch: Batch): boolean {
+    if (this.#state === 'new') this.sendHeaders()
+    if (this.#state !== 'open') return false
+    if (this.#backedUp) {
+      const room = this.#settings.maxBufferedBytes - this.bufferedBytes
+      if (batch.bytes > room) {
+        this.#slowConsumer(batch)
+        return false
+      }
+      // Only the tail of #pending can grow, so the room left stays the same until the batch is sealed.
+      this.#enqueue(batch)
+      if (room < batch.limit) batch.limit = room
+      return true
+    }
+    this.#enqueue(batch)
+    return true
+  }
+
+  #enqueue (item: Buffer | Batch): void {
+    const tail = this.#tail
+    if (tail !== null) {
+      // Something comes after the batch on this stream: it must take no more events.
+      tail.seal()
+      this.#pendingBytes += tail.bytes
+      this.#tail = null
+    }
+    (this.#pending ??= []).push(item)
+    if (item instanceof Batch) this.#tail = item
+    else this.#pendingBytes += item.length
     if (!this.#flushScheduled) {
       this.#flushScheduled = true
       this.#shared.flusher.schedule(this)
@@ -329,10 +371,18 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   #writePending (): void {
     const pending = this.#pending
     if (pending === null) return
-    const data = pending.length === 1 ? pending[0]! : this.#shared.flusher.join(pending, this.#pendingBytes)
+    const data = pending.length === 1 ? bufferOf(pending[0]!) : this.#shared.flusher.join(pending.map(bufferOf))
     this.#pending = null
     this.#pendingBytes = 0
-    const ok = this.#res.write(data)
+    this.#tail = null
+    // Corked around the write, so the socket writes now, in the flusher's slice, instead of in a
+    // nextTick after it (Node's http corks each write until the next tick): the flusher's time
+    // budget then counts the syscalls too. (HTTP/2's compat response has no cork().)
+    const res = this.#res
+    const corks = typeof res.cork === 'function'
+    if (corks) res.cork()
+    const ok = res.write(data)
+    if (corks) res.uncork()
     this.#backedUp = !ok
     this.#lastWriteAt = Math.floor(performance.now())
     const waiters = this.#flushWaiters
@@ -348,6 +398,13 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     const waiters = this.#drainWaiters
     this.#drainWaiters = null
     if (waiters !== null) for (const w of waiters) w.resolve()
+    if (this.#droppedBatches !== null) {
+      for (const batch of this.#droppedBatches) {
+        batch.seal() // what it takes from now on is for the clients that got it
+        this.#dropped += batch.count
+      }
+      this.#droppedBatches = null
+    }
     if (this.#dropped > 0 && this.#state === 'open') {
       const count = this.#dropped
       this.#dropped = 0
@@ -356,7 +413,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     if (this.#pending !== null) this.flushNow()
   }
 
-  #slowConsumer (): void {
+  /** #slowConsumer applies the policy to a backed-up stream over its limit; `batch` is what did not fit, if a batch. */
+  #slowConsumer (batch: Batch | null): void {
     const { onSlowConsumer, maxBufferedBytes } = this.#settings
     if (!this.#slowLogged) {
       this.#slowLogged = true
@@ -365,7 +423,18 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
         'fastify-long-lived: SSE client reads too slowly')
     }
     if (onSlowConsumer === 'drop') {
-      this.#dropped++
+      if (batch === null) {
+        this.#dropped++
+        return
+      }
+      // A batch's count is final once sealed; until then it is kept (one per channel at most).
+      const kept = this.#droppedBatches?.filter((b) => {
+        if (!b.sealed) return true
+        this.#dropped += b.count
+        return false
+      }) ?? []
+      kept.push(batch)
+      this.#droppedBatches = kept
       return
     }
     // Nothing more can reach a client that does not read: cut it, and free what waits for it.
@@ -475,6 +544,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#reply = null
     this.#pending = null
     this.#pendingBytes = 0
+    this.#tail = null
+    this.#droppedBatches = null
     const err = new FLL_ERR_SSE_CLOSED(this.#closeReason)
     // Ended by the server: everything was handed to Node before end(). Client gone: not delivered.
     for (const w of this.#flushWaiters ?? []) clientLeft ? w.reject(err) : w.resolve()
@@ -508,6 +579,10 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
 // Http2ServerResponse is not a Writable: its stream holds what ServerResponse has itself.
 function h2stream (res: ServerResponse): Http2ServerResponse['stream'] | undefined {
   return (res as unknown as Partial<Http2ServerResponse>).stream
+}
+
+function bufferOf (item: Buffer | Batch): Buffer {
+  return item instanceof Batch ? item.data() : item
 }
 
 function isDestroyed (res: ServerResponse): boolean {
