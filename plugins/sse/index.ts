@@ -137,7 +137,8 @@ export function resolveOptions (opts: unknown): { settings: StreamSettings, hist
  * most specific matching range (`text/event-stream`, `text/*`, `*\/*`) has q > 0.
  */
 export function acceptsEventStream (accept: string | undefined): boolean {
-  if (accept === undefined || accept.trim() === '') return true
+  if (accept === undefined || accept === 'text/event-stream') return true // what EventSource sends
+  if (accept.trim() === '') return true
   let best = 0
   let q = 0
   for (const part of accept.split(',')) {
@@ -157,7 +158,7 @@ const flushBudget = 5
 const kStream = Symbol('fastify-long-lived.sse.stream')
 const kSettings = Symbol('fastify-long-lived.sse.settings')
 
-type ReplyWithStream = FastifyReply & { [kStream]: SseStream | null }
+type ReplyWithStream = FastifyReply & { [kStream]: SseStream | null, [kSettings]: StreamSettings | null }
 
 async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<void> {
   const { settings, history } = resolveOptions(opts)
@@ -168,11 +169,13 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
   fastify.addHook('onClose', async () => { shared.heartbeats.close() })
   fastify.decorate('sse', new Hub(settings.serializer, history))
   fastify.decorateReply(kStream, null)
+  // The settings of an `sse` route, set on its replies by its first onRequest hook (reading
+  // request.routeOptions would build a fresh object per request). Other routes: the defaults.
+  fastify.decorateReply(kSettings, null)
   fastify.decorateReply('sse', {
     getter (this: FastifyReply) {
       const reply = this as ReplyWithStream
-      const config = reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined
-      reply[kStream] ??= new SseStream(reply.request, reply, config?.[kSettings] ?? settings, shared)
+      reply[kStream] ??= new SseStream(reply.request, reply, reply[kSettings] ?? settings, shared)
       return reply[kStream]
     }
   })
@@ -185,10 +188,11 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
     const routeSettings = route.sse === true
       ? settings
       : resolveRouteSettings('sse.', objectOption('sse', route.sse, routeKeys), settings)
-    route.config = { ...route.config, [kSettings]: routeSettings }
-
     const onRequest = Array.isArray(route.onRequest) ? route.onRequest : (route.onRequest === undefined ? [] : [route.onRequest])
-    route.onRequest = [notAcceptable, ...onRequest]
+    route.onRequest = [async function sseRoute (request: FastifyRequest, reply: FastifyReply) {
+      (reply as ReplyWithStream)[kSettings] = routeSettings
+      await notAcceptable(request, reply)
+    }, ...onRequest]
 
     const handler = route.handler
     route.handler = async function sseHandler (this: FastifyInstance, request: FastifyRequest, reply: FastifyReply) {
