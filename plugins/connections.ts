@@ -102,7 +102,8 @@ export interface ConnectionRegistry {
   /**
    * trackStream marks the connection carrying `target` as holding a long-lived stream, with a
    * `handle` that can end it gracefully. The stream is dropped when its response or its
-   * connection closes, or when `untrack()` is called.
+   * connection closes, or when `untrack()` is called. A response is tracked once (a second
+   * call throws FLL_ERR_INVALID_OPTION); it costs one Map entry and no listener of its own.
    */
   trackStream (target: FastifyReply | ServerResponse | Http2ServerResponse, handle: StreamHandle): StreamRegistration
   /** recordSlowClient counts a connection or stream closed by a slow-client policy. */

@@ -161,6 +161,7 @@ test('trackStream: the stream is dropped when its client leaves, and untrack() r
     reply.raw.writeHead(200)
     reply.raw.write('open\n')
     registrations.push(app.connections.trackStream(reply.raw, { close () { reply.raw.end() } }))
+    t.throws(() => app.connections.trackStream(reply, { close () {} }), { code: 'FLL_ERR_INVALID_OPTION' }, 'a response is tracked once')
   })
   const port = await listen(app)
 
