@@ -375,14 +375,17 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#pending = null
     this.#pendingBytes = 0
     this.#tail = null
-    // Corked around the write, so the socket writes now, in the flusher's slice, instead of in a
-    // nextTick after it (Node's http corks each write until the next tick): the flusher's time
-    // budget then counts the syscalls too. (HTTP/2's compat response has no cork().)
     const res = this.#res
-    const corks = typeof res.cork === 'function'
-    if (corks) res.cork()
     const ok = res.write(data)
-    if (corks) res.uncork()
+    // Node's http corks the socket at a response's first write in a tick and uncorks it in a
+    // nextTick. Uncorking it now makes the syscall happen here, inside the flusher's time budget,
+    // instead of in one long run of nextTicks after the slice. (Not res.cork()/uncork() around
+    // the write: on Node 24 that emits 'drain' inside uncork(), before write()'s result is known.)
+    // HTTP/2's compat response (no cork()) is left alone.
+    if (typeof res.cork === 'function') {
+      const socket = res.socket
+      if (socket !== null && socket.writableCorked > 0) socket.uncork()
+    }
     this.#backedUp = !ok
     this.#lastWriteAt = Math.floor(performance.now())
     const waiters = this.#flushWaiters
