@@ -102,8 +102,9 @@ export interface ConnectionRegistry {
   /**
    * trackStream marks the connection carrying `target` as holding a long-lived stream, with a
    * `handle` that can end it gracefully. The stream is dropped when its response or its
-   * connection closes, or when `untrack()` is called. A response is tracked once (a second
-   * call throws FLL_ERR_INVALID_OPTION); it costs one Map entry and no listener of its own.
+   * connection closes, or when `untrack()` is called. Tracking a response again replaces its
+   * handle (the earlier registration's `untrack()` then does nothing). It costs a Map entry and
+   * a small record, no listener of its own.
    */
   trackStream (target: FastifyReply | ServerResponse | Http2ServerResponse, handle: StreamHandle): StreamRegistration
   /** recordSlowClient counts a connection or stream closed by a slow-client policy. */
@@ -196,6 +197,13 @@ class Connection implements ConnectionInfo {
   }
 }
 
+/** What the registry keeps of a tracked stream. */
+interface TrackedStream {
+  handle: StreamHandle
+  /** Its connection, when the registry knows it. */
+  readonly conn: Connection | undefined
+}
+
 type AnyRequest = IncomingMessage | Http2ServerRequest
 type AnyResponse = ServerResponse | Http2ServerResponse
 
@@ -207,8 +215,9 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   // Keyed by what a request can reach: its socket for HTTP/1.x, its session for HTTP/2.
   const conns = new Map<Socket | Http2Session, Connection>()
   // A stream is dropped when its response closes, by the 'close' listener every request already
-  // has (see onRequest): tracking one costs a Map entry, no listener or object of its own.
-  const streams = new Map<AnyResponse, StreamHandle>()
+  // has (see onRequest), or when its connection closes: tracking one costs a Map entry and a
+  // small record, no listener or closure of its own.
+  const streams = new Map<AnyResponse, TrackedStream>()
   const waiters = new Set<() => void>()
   let inFlight = 0
   let active = 0
@@ -241,8 +250,13 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       active--
       conn.inFlight = 0
     }
-    // Its streams' responses close right after (Node closes a response with its socket or
-    // session), and each is dropped then.
+    // Node closes the response in flight with its socket (and every stream of an HTTP/2
+    // session), and its 'close' drops the stream; but a pipelined response still queued behind
+    // another one never gets a 'close': drop what is left here, or close() would wait for it.
+    if (conn.streams > 0 && conn.response !== null) dropStream(conn.response)
+    if (conn.streams > 0) {
+      for (const [res, s] of streams) if (s.conn === conn) dropStream(res)
+    }
     notifyIfIdle()
   }
 
@@ -279,7 +293,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     if (req.httpVersionMajor === 2) {
       // An HTTP/2 stream forgets its session once closed, so remember the connection here.
       res.on('close', () => {
-        dropStream(res, conn)
+        dropStream(res)
         responseDone(conn, res)
       })
       return
@@ -293,8 +307,8 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
 
   // `this` is an HTTP/1.x response: one shared function, no closure per request.
   function onResponseClose (this: ServerResponse): void {
+    dropStream(this)
     const conn = conns.get(this.req.socket)
-    dropStream(this, conn)
     if (conn !== undefined) responseDone(conn, this)
   }
 
@@ -316,10 +330,12 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     notifyIfIdle()
   }
 
-  /** dropStream forgets the stream of `res` (if any); `conn` is its connection, if still open. */
-  function dropStream (res: AnyResponse, conn: Connection | undefined): void {
-    if (!streams.delete(res)) return
-    if (conn !== undefined && conn.streams > 0) conn.streams--
+  /** dropStream forgets the stream of `res`, if tracked (and `handle` is its handle, when given). */
+  function dropStream (res: AnyResponse, handle?: StreamHandle): void {
+    const s = streams.get(res)
+    if (s === undefined || (handle !== undefined && s.handle !== handle)) return
+    streams.delete(res)
+    if (s.conn !== undefined) s.conn.streams--
     notifyIfIdle()
   }
 
@@ -365,16 +381,17 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       if (response.writableEnded || (conn !== undefined && conn.closed) || (response as ServerResponse).destroyed === true) {
         return { untrack () {} }
       }
-      if (streams.has(response)) throw invalid('trackStream(target)', 'a response that is not tracked yet', 'one already tracked')
-      streams.set(response, handle)
-      if (conn === undefined) {
-        // Not seen by onRequest (an injected request, or one that came before the registry): no
-        // listener of ours drops it, so it gets its own.
-        response.once('close', () => { dropStream(response, undefined) })
+      const known = streams.get(response)
+      if (known !== undefined) {
+        known.handle = handle // tracked again: the new handle replaces the old one
       } else {
-        conn.streams++
+        streams.set(response, { handle, conn })
+        if (conn !== undefined) conn.streams++
+        // Not seen by onRequest (an injected request, one that came before the registry, or one
+        // after it detached): no listener of ours drops it, so it gets its own.
+        if (conn === undefined || detached) response.once('close', () => { dropStream(response) })
       }
-      return { untrack () { dropStream(response, conn) } }
+      return { untrack () { dropStream(response, handle) } }
     },
 
     recordSlowClient (kind) {
@@ -439,10 +456,10 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       let closed = 0
       let failed = 0
       const step = list.length > 1 ? window / (list.length - 1) : 0
-      const closeOne = async ([response, handle]: [AnyResponse, StreamHandle]): Promise<void> => {
-        if (streams.get(response) !== handle) return // its client left while it waited for its turn
+      const closeOne = async ([response, s]: [AnyResponse, TrackedStream]): Promise<void> => {
+        if (streams.get(response) !== s) return // its client left while it waited for its turn
         try {
-          await handle.close(reason)
+          await s.handle.close(reason)
           closed++
         } catch (err) {
           failed++

@@ -160,8 +160,10 @@ test('trackStream: the stream is dropped when its client leaves, and untrack() r
     reply.hijack()
     reply.raw.writeHead(200)
     reply.raw.write('open\n')
+    // Tracked again: the new handle replaces the first, whose untrack() then does nothing.
+    const first = app.connections.trackStream(reply, { close () {} })
     registrations.push(app.connections.trackStream(reply.raw, { close () { reply.raw.end() } }))
-    t.throws(() => app.connections.trackStream(reply, { close () {} }), { code: 'FLL_ERR_INVALID_OPTION' }, 'a response is tracked once')
+    first.untrack()
   })
   const port = await listen(app)
 
@@ -181,6 +183,28 @@ test('trackStream: the stream is dropped when its client leaves, and untrack() r
   t.equal(app.connections.stats().streams, 0)
   t.throws(() => app.connections.trackStream(null as never, { close () {} }), { code: 'FLL_ERR_INVALID_OPTION' })
   t.throws(() => app.connections.trackStream({} as never, {} as never), { code: 'FLL_ERR_INVALID_OPTION' })
+})
+
+test('trackStream: a pipelined stream queued behind another is dropped with its connection, so close() does not wait for it', async (t) => {
+  const app = build(t)
+  await app.register(connections)
+  app.get('/stream', (_req, reply) => {
+    reply.hijack()
+    reply.raw.writeHead(200)
+    reply.raw.write('open\n')
+    app.connections.trackStream(reply, { close () { reply.raw.end() } })
+  })
+  const port = await listen(app)
+  const socket = await connect(t, port)
+  const received = collect(socket)
+  // Node hands both requests to the app at once; the second response waits behind the first
+  // (which never ends) and never gets the socket, so it never emits 'close'.
+  socket.write(get('/stream') + get('/stream'))
+  await waitUntil(() => app.connections.stats().streams === 2 && received.text().includes('open'), 5000, 'both streams')
+  socket.destroy()
+  await waitUntil(() => app.connections.stats().streams === 0, 5000, 'both streams to drop')
+  t.same(app.connections.stats().open, 0)
+  await withDeadline(app.close(), 2000, 'close()')
 })
 
 test('closeStreams spreads the closes over the window', async (t) => {

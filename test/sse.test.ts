@@ -37,6 +37,37 @@ test('a stream: headers, status, kept headers, events in order, ended when the h
   await waitUntil(() => app.connections.stats().streams === 0)
 })
 
+test('inject() gets a finite stream whole; HEAD gets the head and an end; an early hook keeps the route settings', async (t) => {
+  const { app } = await sseApp(t, { retry: 1000 })
+  const ch = app.sse.channel('c')
+  let early: { bufferedBytes: number } | null = null
+  // An app-level hook runs before the route's own: the stream it makes still has the route's settings.
+  app.addHook('onRequest', async (req, reply) => { if (req.url === '/early') early = reply.sse })
+  app.get('/finite', { sse: true }, async (_req, reply) => {
+    await reply.sse.send('one')
+    await reply.sse.send({ event: 'two', data: 'zwei' })
+  })
+  app.get('/subscribed', { sse: true }, async (_req, reply) => { reply.sse.subscribe(ch) })
+  app.get('/early', { sse: { retry: 42 } }, async (_req, reply) => { await reply.sse.send('x') })
+
+  const injected = await withDeadline(app.inject({ url: '/finite', headers: { accept: 'text/event-stream' } }), 5000, 'inject()')
+  t.equal(injected.statusCode, 200)
+  t.equal(injected.headers['content-type'], 'text/event-stream; charset=utf-8')
+  t.equal(injected.body, 'retry: 1000\n\ndata: one\n\nevent: two\ndata: zwei\n\n')
+
+  const port = await listen(app)
+  const head = await withDeadline(request(`http://127.0.0.1:${port}/subscribed`, { method: 'HEAD' }), 5000, 'the HEAD answer')
+  t.equal(head.statusCode, 200)
+  t.equal(head.headers['content-type'], 'text/event-stream; charset=utf-8')
+  await head.body.dump()
+  await waitUntil(() => app.connections.stats().streams === 0 && ch.subscribers === 0, 5000, 'no stream left by HEAD')
+
+  const s = await openStream(t, port, '/early')
+  await withDeadline(s.ended, 5000, 'the end')
+  t.not(early, null)
+  t.same(s.retries, [42], "the route's retry, though an app-level hook made the stream")
+})
+
 test('Accept negotiation: a stream-only route answers 406 to a client that refuses event streams', async (t) => {
   t.ok(acceptsEventStream(undefined))
   t.ok(acceptsEventStream('text/event-stream'))

@@ -13,7 +13,9 @@
  * send, a new subscriber): the channel's next publish then starts a new batch, so each stream
  * still receives its events in publish order. It is also full when one more event would take a
  * backed-up subscriber past its maxBufferedBytes: the next batch then goes to every subscriber
- * again, and that one meets its slow-consumer policy, exactly as with one event at a time.
+ * again, and that one meets its slow-consumer policy. (With 'drop', a stream skips a whole batch
+ * that does not fit, where one event at a time might have let a smaller later event through;
+ * the `dropped` count stays exact.)
  */
 
 export class Batch {
@@ -30,8 +32,6 @@ export class Batch {
   constructor (first: Buffer) {
     this.#parts = [first]
     this.bytes = first.length
-    // Sealed when the turn ends, even if no stream reads it (every subscriber is backed up).
-    setImmediate(sealBatch, this)
   }
 
   /** sealed tells whether the batch takes no more events. */
@@ -64,5 +64,3 @@ export class Batch {
     return this.#joined
   }
 }
-
-function sealBatch (batch: Batch): void { batch.seal() }

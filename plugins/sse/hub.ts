@@ -164,7 +164,15 @@ export class Channel implements Subscribable {
     }
     const next = new Batch(buf)
     this.#batch = next
+    // Sealed when the turn ends even if no stream reads it (every subscriber backed up), and let
+    // go of, so a quiet channel keeps no burst alive.
+    setImmediate(Channel.#endTurn, this, next)
     for (const sink of this.#sinks) sink.writeBatch(next)
+  }
+
+  static #endTurn (channel: Channel, batch: Batch): void {
+    batch.seal()
+    if (channel.#batch === batch) channel.#batch = null
   }
 
   missed (lastEventId: string): StoredEvent[] | null {

@@ -170,12 +170,16 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
   fastify.decorate('sse', new Hub(settings.serializer, history))
   fastify.decorateReply(kStream, null)
   // The settings of an `sse` route, set on its replies by its first onRequest hook (reading
-  // request.routeOptions would build a fresh object per request). Other routes: the defaults.
+  // request.routeOptions builds a fresh object per request); read from the route's config when
+  // the stream is made earlier (an app-level hook). Other routes: the defaults.
   fastify.decorateReply(kSettings, null)
   fastify.decorateReply('sse', {
     getter (this: FastifyReply) {
       const reply = this as ReplyWithStream
-      reply[kStream] ??= new SseStream(reply.request, reply, reply[kSettings] ?? settings, shared)
+      if (reply[kStream] === null) {
+        const config = reply[kSettings] === null ? reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined : undefined
+        reply[kStream] = new SseStream(reply.request, reply, reply[kSettings] ?? config?.[kSettings] ?? settings, shared)
+      }
       return reply[kStream]
     }
   })
@@ -188,6 +192,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
     const routeSettings = route.sse === true
       ? settings
       : resolveRouteSettings('sse.', objectOption('sse', route.sse, routeKeys), settings)
+    route.config = { ...route.config, [kSettings]: routeSettings }
     const onRequest = Array.isArray(route.onRequest) ? route.onRequest : (route.onRequest === undefined ? [] : [route.onRequest])
     route.onRequest = [async function sseRoute (request: FastifyRequest, reply: FastifyReply) {
       (reply as ReplyWithStream)[kSettings] = routeSettings

@@ -9,7 +9,7 @@
  * `maxBufferedBytes`; past it, the slow-consumer policy applies.
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
-import type { ServerResponse } from 'node:http'
+import { ServerResponse } from 'node:http'
 import type { Http2ServerResponse } from 'node:http2'
 import { FLL_ERR_SSE_CLOSED, FLL_ERR_SSE_SLOW_CONSUMER } from '../errors.js'
 import type { ConnectionRegistry, StreamHandle } from '../connections.js'
@@ -137,7 +137,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   #ended: { promise: Promise<void>, resolve: () => void } | null = null
   #closeReason = 'client disconnected'
   #clientLeft = false
-  /** Set when the slow-consumer policy cut the client. */
+  /** Set when the server cut the connection (slow-consumer policy, a failed write): what was queued was not delivered. */
   #cut = false
 
   // The response's listeners, shared by every stream (`this` is the response): no closure per stream.
@@ -226,9 +226,14 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // handlerTimeout cannot cut the stream; our own lifetime limits replace it.
     reply.hijack()
     res.writeHead(statusCode ?? reply.statusCode ?? 200, headers as Record<string, string | string[]>)
-    if (!http2) res.socket?.setNoDelay(true)
+    const socket = http2 ? null : res.socket
+    if (typeof socket?.setNoDelay === 'function') socket.setNoDelay(true) // (inject()'s socket has none)
     this.#state = 'open'
     this.#reply = null // from here the response is all a stream needs
+    if (reply.request.method === 'HEAD') {
+      this.#end('HEAD request') // the head is the whole answer: no body, no stream
+      return
+    }
     res.on('drain', SseStream.#onDrain)
     this.#shared.registry?.trackStream(res, new GracefulClose(this))
     if (this.#settings.retry !== null) this.write(encodeEvent({ retry: this.#settings.retry }))
@@ -258,6 +263,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
     this.sendHeaders()
+    if (!this.isConnected) return { replayed: 0, reset: false } // a HEAD request
     const subscriptions = this.#subscriptions ??= []
     const list = [...new Set(Array.isArray(channels) ? channels : [channels])].filter((c) => !subscriptions.includes(c))
     const missed: Array<{ seq: number, buf: Buffer }> = []
@@ -376,13 +382,25 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#pendingBytes = 0
     this.#tail = null
     const res = this.#res
-    const ok = res.write(data)
+    let ok: boolean
+    try {
+      ok = res.write(data)
+    } catch (err) {
+      // Not a client's doing (e.g. a body written to a response that may have none): end the stream.
+      this.#log.error({ err }, 'fastify-long-lived: SSE write failed')
+      this.#state = 'closing'
+      this.#cut = true
+      this.#closeReason = 'write failed'
+      this.#stopTimers()
+      destroy(res, err as Error)
+      return
+    }
     // Node's http corks the socket at a response's first write in a tick and uncorks it in a
     // nextTick. Uncorking it now makes the syscall happen here, inside the flusher's time budget,
     // instead of in one long run of nextTicks after the slice. (Not res.cork()/uncork() around
     // the write: on Node 24 that emits 'drain' inside uncork(), before write()'s result is known.)
-    // HTTP/2's compat response (no cork()) is left alone.
-    if (typeof res.cork === 'function') {
+    // Only for HTTP/1.x: an HTTP/2 session's socket is not this stream's.
+    if (res instanceof ServerResponse) {
       const socket = res.socket
       if (socket !== null && socket.writableCorked > 0) socket.uncork()
     }
