@@ -415,6 +415,66 @@ test('onSlowConsumer drop: events are skipped for that client, then a dropped ev
   t.ok(dropped > 0 && delivered > 0, `every event was either delivered (${delivered}) or counted as dropped (${dropped})`)
 })
 
+test('direct sends to a client that stops reading: drop skips and counts them, disconnect cuts and rejects', async (t) => {
+  for (const policy of ['drop', 'disconnect'] as const) {
+    const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024, onSlowConsumer: policy, heartbeatInterval: null })
+    const results = { resolved: 0, rejected: 0 }
+    let stream: { send: (e: { data: string }) => Promise<void> } | null = null
+    app.get('/events', { sse: true }, async (_req, reply) => { stream = reply.sse; reply.sse.keepAlive(); reply.sse.sendHeaders() })
+    const port = await listen(app)
+    const socket = await connect(t, port)
+    socket.pause()
+    const received = collect(socket)
+    socket.write(get('/events'))
+    await waitUntil(() => stream !== null, 5000, 'the stream')
+    // Not awaited, 20 per turn: the sender ignores backpressure, so the limit must hold.
+    for (let i = 0; i < 2000; i++) {
+      stream!.send({ data: 'd'.repeat(4096) }).then(() => { results.resolved++ }, () => { results.rejected++ })
+      if (i % 20 === 19) await new Promise((resolve) => { setImmediate(resolve) })
+    }
+    t.equal(app.connections.stats().slowConsumers, 1, `${policy}: counted once`)
+    if (policy === 'disconnect') {
+      await waitUntil(() => results.resolved + results.rejected === 2000, 10000, 'every send to settle')
+      t.ok(results.rejected > 0, `disconnect: the sends after the cut rejected (${results.rejected})`)
+      continue
+    }
+    // The accepted sends settle as the client takes their bytes.
+    socket.resume()
+    await waitUntil(() => results.resolved + results.rejected === 2000, 10000, 'every send to settle')
+    t.equal(results.rejected, 0, 'drop: no send rejected')
+    const tally = (): { delivered: number, dropped: number } => ({
+      delivered: (received.text().match(/data: d/g) ?? []).length,
+      dropped: [...received.text().matchAll(/event: dropped\ndata: \{"count":(\d+)\}/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+    })
+    await waitUntil(() => tally().delivered + tally().dropped === 2000, 10000, 'every event delivered or counted')
+    t.ok(tally().dropped > 0, `drop: ${tally().delivered} delivered, ${tally().dropped} counted as dropped`)
+  }
+})
+
+test('a write that throws ends the stream and is logged; a throwing onClose callback does not stop the others', async (t) => {
+  const { app, lines } = await sseApp(t, { heartbeatInterval: null })
+  const closed: string[] = []
+  let sent: Promise<void> | null = null
+  app.get('/events', { sse: true }, async (_req, reply) => {
+    reply.sse.onClose(() => { throw new Error('callback on fire') })
+    reply.sse.onClose(() => { closed.push('second') })
+    reply.sse.sendHeaders()
+    reply.sse.keepAlive()
+    reply.raw.write = () => { throw new Error('write on fire') }
+    sent = reply.sse.send('never')
+    sent.catch(() => {}) // awaited by the test below
+  })
+  const port = await listen(app)
+  const socket = await connect(t, port)
+  collect(socket)
+  socket.write(get('/events'))
+  await waitUntil(() => sent !== null, 5000, 'the send')
+  await t.rejects(sent!, { code: 'FLL_ERR_SSE_CLOSED' }, 'the pending send rejects')
+  await waitUntil(() => closed.length === 1 && app.connections.stats().streams === 0, 5000, 'the stream to close')
+  t.ok(lines.some((l) => l.level === 50 && /SSE write failed/.test(l.msg)), 'the failed write is logged as an error')
+  t.ok(lines.some((l) => l.level === 50 && /onClose callback threw/.test(l.msg)), 'the throwing callback is logged')
+})
+
 test('a server-level handlerTimeout does not cut a stream; close() ends open streams with a final event', async (t) => {
   const { app } = await sseApp(t, { reconnectDelay: 1000, reconnectJitter: 500 }, { handlerTimeout: 300 } as never)
   const ch = app.sse.channel('c')
