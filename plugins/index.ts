@@ -19,7 +19,7 @@ export type {
 export { default as timeouts, timeoutsPlugin, proxyPresets, keepAliveAbove } from './timeouts.js'
 export type { DataRate, EffectiveTimeouts, ProxyPresetName, ProxyTimeouts, TimeoutsOptions } from './timeouts.js'
 export * as errors from './errors.js'
-export { default as sse, ssePlugin, acceptsEventStream, encodeEvent, encodeEventText, jsonSerializer, Channel, Hub, MemoryHistory, SseStream } from './sse/index.js'
+export { default as sse, ssePlugin, acceptsEventStream, encodeEvent, encodeEventText, jsonSerializer, Batch, Channel, Hub, MemoryHistory, SseStream } from './sse/index.js'
 export type {
   ChannelOptions, HistoryStore, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings, SseSource, StoredEvent, StreamSink, Subscribable
 } from './sse/index.js'

@@ -17,6 +17,7 @@ import { SseStream, type StreamSettings } from './stream.js'
 
 export { encodeEvent, encodeEventText, jsonSerializer } from './encoder.js'
 export type { Serializer, SseEvent } from './encoder.js'
+export { Batch } from './batch.js'
 export { Channel, Hub, MemoryHistory } from './hub.js'
 export type { ChannelOptions, HistoryDefaults, HistoryStore, StoredEvent } from './hub.js'
 export { SseStream } from './stream.js'
