@@ -21,6 +21,12 @@ export interface StreamHandle {
    * then ends the response). It may return a promise that settles once the stream has ended.
    */
   close (reason: string): void | Promise<void>
+  /**
+   * abort, if present, is called when the stream's connection closed and its response never
+   * will: an HTTP/1.1 response pipelined behind another one never gets the socket, nor a
+   * 'close' event. Release whatever the stream holds (as if its client had left).
+   */
+  abort? (): void
 }
 
 /** StreamRegistration is returned by `trackStream`; `untrack()` removes the stream early. */
@@ -252,12 +258,27 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     }
     // Node closes the response in flight with its socket (and every stream of an HTTP/2
     // session), and its 'close' drops the stream; but a pipelined response still queued behind
-    // another one never gets a 'close': drop what is left here, or close() would wait for it.
-    if (conn.streams > 0 && conn.response !== null) dropStream(conn.response)
+    // another one never gets a 'close': drop what is left here (or close() would wait for it),
+    // and tell the stream. The response in flight is usually the connection's last one.
+    if (conn.streams > 0 && conn.response !== null) dropDead(conn.response)
     if (conn.streams > 0) {
-      for (const [res, s] of streams) if (s.conn === conn) dropStream(res)
+      for (const [res, s] of streams) if (s.conn === conn) dropDead(res)
     }
     notifyIfIdle()
+  }
+
+  /** dropDead drops the stream of `res`, whose connection is gone, and aborts it if its response will never close. */
+  function dropDead (res: AnyResponse): void {
+    const s = streams.get(res)
+    if (s === undefined) return
+    dropStream(res)
+    if (s.conn?.session === null && (res as ServerResponse).socket == null) {
+      try {
+        s.handle.abort?.()
+      } catch (err) {
+        fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to abort')
+      }
+    }
   }
 
   // Shared listeners (`this` is the socket or session): no closure per connection.

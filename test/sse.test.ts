@@ -475,6 +475,22 @@ test('a write that throws ends the stream and is logged; a throwing onClose call
   t.ok(lines.some((l) => l.level === 50 && /onClose callback threw/.test(l.msg)), 'the throwing callback is logged')
 })
 
+test('two pipelined streams on one connection: when it closes, both leave their channel and close() does not wait', async (t) => {
+  const { app } = await sseApp(t, { heartbeatInterval: null })
+  const ch = app.sse.channel('c')
+  app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe(ch) })
+  const port = await listen(app)
+  const socket = await connect(t, port)
+  const received = collect(socket)
+  // The second response waits behind the first (which never ends): it never gets the socket,
+  // and Node never emits 'close' for it.
+  socket.write(get('/events') + get('/events'))
+  await waitUntil(() => ch.subscribers === 2 && received.text().includes('200'), 5000, 'both streams')
+  socket.destroy()
+  await waitUntil(() => ch.subscribers === 0 && app.connections.stats().streams === 0, 5000, 'both streams to go')
+  await withDeadline(app.close(), 2000, 'close()')
+})
+
 test('a server-level handlerTimeout does not cut a stream; close() ends open streams with a final event', async (t) => {
   const { app } = await sseApp(t, { reconnectDelay: 1000, reconnectJitter: 500 }, { handlerTimeout: 300 } as never)
   const ch = app.sse.channel('c')

@@ -88,7 +88,11 @@ class GracefulClose implements StreamHandle {
   readonly #stream: SseStream
   constructor (stream: SseStream) { this.#stream = stream }
   close (reason: string): Promise<void> { return this.#stream.closeGracefully(reason) }
+  abort (): void { abortStream(this.#stream) }
 }
+
+// Set by SseStream's static block: ends a stream whose response will never close (see StreamHandle.abort).
+let abortStream: (stream: SseStream) => void
 
 /**
  * SseStream is `reply.sse`: the stream of one request, created on first use.
@@ -139,6 +143,10 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   #clientLeft = false
   /** Set when the server cut the connection (slow-consumer policy, a failed write): what was queued was not delivered. */
   #cut = false
+
+  static {
+    abortStream = (stream) => { stream.#closed() }
+  }
 
   // The response's listeners, shared by every stream (`this` is the response): no closure per stream.
   static #onClose (this: StreamResponse): void {
