@@ -257,12 +257,16 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       conn.inFlight = 0
     }
     // Node closes the response in flight with its socket (and every stream of an HTTP/2
-    // session), and its 'close' drops the stream; but a pipelined response still queued behind
-    // another one never gets a 'close': drop what is left here (or close() would wait for it),
-    // and tell the stream. The response in flight is usually the connection's last one.
-    if (conn.streams > 0 && conn.response !== null) dropDead(conn.response)
-    if (conn.streams > 0) {
-      for (const [res, s] of streams) if (s.conn === conn) dropDead(res)
+    // session), and its 'close' drops the stream; but an HTTP/1.1 response still queued behind
+    // another one (pipelined) never gets a 'close': drop what is left here (or close() would
+    // wait for it), and tell the stream. conn.response is the response of the connection's
+    // latest request: the stream itself, unless others were pipelined behind it.
+    if (conn.session === null && conn.streams > 0) {
+      if (conn.response !== null) dropDead(conn.response)
+      for (const [res, s] of streams) {
+        if (conn.streams === 0) break
+        if (s.conn === conn) dropDead(res)
+      }
     }
     notifyIfIdle()
   }
@@ -272,12 +276,14 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     const s = streams.get(res)
     if (s === undefined) return
     dropStream(res)
-    if (s.conn?.session === null && (res as ServerResponse).socket == null) {
-      try {
-        s.handle.abort?.()
-      } catch (err) {
-        fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to abort')
-      }
+    if (s.conn?.session === null && (res as ServerResponse).socket == null) abortQuietly(s.handle)
+  }
+
+  function abortQuietly (handle: StreamHandle): void {
+    try {
+      handle.abort?.()
+    } catch (err) {
+      fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to abort')
     }
   }
 
@@ -399,6 +405,11 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       }
       const response: AnyResponse = 'raw' in target ? target.raw : target
       const conn = connectionOf(response)
+      if (response.req.httpVersionMajor < 2 && (response as ServerResponse).socket == null && response.req.socket?.destroyed === true) {
+        // A pipelined response whose connection is already gone: it will never close.
+        abortQuietly(handle)
+        return { untrack () {} }
+      }
       if (response.writableEnded || (conn !== undefined && conn.closed) || (response as ServerResponse).destroyed === true) {
         return { untrack () {} }
       }

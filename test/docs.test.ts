@@ -9,7 +9,7 @@ import { client, connections, longLived, shutdown, sse, timeouts } from '../plug
 import { fastifyRegisterKeys } from '../plugins/options.js'
 import { build } from './helpers.js'
 
-const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8')
+const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8').replace(/\r\n/g, '\n')
 
 /** section returns the README text from the heading `title` to the next heading of the same level. */
 function section (title: string): string {
@@ -48,7 +48,9 @@ test('the README has a row, with a type and a default, for every option of every
     const keys = await knownOptions(t, plugin, withConnections)
     t.ok(keys.length > 0, `${title}: its options are known`)
     const missing = keys.filter((key) => {
-      const row = new RegExp(`^\\| \`${key}\` \\| ([^|]|\\\\\\|)+ \\| [^|]*\\S[^|]* \\|`, 'm')
+      // | `key` | type (may hold \|) | default (not empty, may hold \|) | ...
+      const cell = '(?:[^|\\\\]|\\\\.)'
+      const row = new RegExp(`^\\| \`${key.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\` \\| ${cell}+ \\| ${cell}*\\S${cell}* \\|`, 'm')
       return !row.test(text)
     })
     t.same(missing, [], `${title}: every option (${keys.join(', ')}) has a row with its type and default`)

@@ -7,7 +7,6 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { FLL_ERR_SSE_CLOSED } from '../errors.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
 import { jsonSerializer, type Serializer } from './encoder.js'
 import { Flusher } from './flusher.js'
@@ -216,7 +215,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
         return reply
       } catch (err) {
         // The client left while the handler was sending: expected, and not an error.
-        if ((err as { code?: string }).code === FLL_ERR_SSE_CLOSED.prototype.code && reply.sent) return reply
+        if ((err as { code?: string }).code === 'FLL_ERR_SSE_CLOSED' && reply.sent) return reply
         throw err
       }
     }

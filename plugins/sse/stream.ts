@@ -63,6 +63,7 @@ export type SseSource = SseEvent | string | AsyncIterable<SseEvent | string> | I
 type State = 'new' | 'open' | 'closing' | 'closed'
 
 const heartbeat = Buffer.from(':\n\n')
+const headReason = 'HEAD request'
 
 function isIterable (value: unknown): value is AsyncIterable<unknown> | Iterable<unknown> {
   return value !== null && typeof value === 'object' &&
@@ -239,11 +240,12 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#state = 'open'
     this.#reply = null // from here the response is all a stream needs
     if (reply.request.method === 'HEAD') {
-      this.#end('HEAD request') // the head is the whole answer: no body, no stream
+      this.#end(headReason) // the head is the whole answer: no body, no stream
       return
     }
     res.on('drain', SseStream.#onDrain)
     this.#shared.registry?.trackStream(res, new GracefulClose(this))
+    if (this.#state !== 'open') return // its connection was already gone (the registry aborted it)
     if (this.#settings.retry !== null) this.write(encodeEvent({ retry: this.#settings.retry }))
     else res.flushHeaders()
     this.#startTimers()
@@ -258,6 +260,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
    * `error` event and the error is logged; the promise then resolves.
    */
   async send (source: SseSource): Promise<void> {
+    if (!this.isConnected && this.#closeReason === headReason) return // a HEAD request: no body to send
     if (typeof source !== 'string' && isIterable(source)) return await this.#pump(source)
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
     const buf = encodeEvent(typeof source === 'string' ? { data: source } : source, this.#settings.serializer)
@@ -362,7 +365,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   #sendBuffer (buf: Buffer): Promise<void> {
     return new Promise((resolve, reject) => {
       if (!this.write(buf)) {
-        if (this.isConnected) resolve() // dropped by the 'drop' policy: the route asked for lossy delivery
+        // Dropped by the 'drop' policy (the route asked for lossy delivery), or a HEAD request (no body to send).
+        if (this.isConnected || this.#closeReason === headReason) resolve()
         else reject(new FLL_ERR_SSE_CLOSED(this.#closeReason))
         return
       }
@@ -481,17 +485,23 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
       : (source as Iterable<SseEvent | string>)[Symbol.iterator]()
     const iterators = this.#iterators ??= new Set()
     iterators.add(iterator)
+    let finished = false
     try {
       while (this.isConnected) {
         const { value, done } = await iterator.next()
+        if (done === true) finished = true
         if (done === true || !this.isConnected) break
         await this.#sendBuffer(encodeEvent(typeof value === 'string' ? { data: value } : value, this.#settings.serializer))
       }
     } catch (err) {
+      finished = true // (a source that throws is done; a send that rejects is handled below)
       if (this.#state === 'new') throw err // no byte sent yet: let Fastify answer with an error
       if (this.isConnected) this.#fail(err as Error)
     } finally {
       iterators.delete(iterator)
+      // Stopped early by the server (close(), shutdown, maxLifetime, a cut) before the stream's
+      // own cleanup could: the source is told to finish, so its `finally` runs.
+      if (!finished && this.#iterators === iterators) returnQuietly(iterator)
     }
     // Ended by the server (close(), shutdown, a failed source): done. The client leaving is not.
     if (this.#clientLeft) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
@@ -527,7 +537,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#stopTimers()
     // Hand what is queued to Node now; end() then waits for it to reach the socket.
     this.#writePending()
-    this.#res.end()
+    if (!this.#cut) this.#res.end() // (cut: the write failed and destroyed the response)
   }
 
   #startTimers (): void {
@@ -585,12 +595,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#subscriptions = null
     this.#abort?.abort(err)
     // A parked iterator is told to finish; a generator parked in an `await` gets the signal.
-    for (const iterator of this.#iterators ?? []) {
-      try {
-        const r = iterator.return?.()
-        if (r instanceof Promise) r.catch(() => {})
-      } catch {}
-    }
+    for (const iterator of this.#iterators ?? []) returnQuietly(iterator)
     this.#iterators = null
     if (clientLeft) this.#log.debug('fastify-long-lived: SSE client disconnected')
     for (const callback of this.#closeCallbacks ?? []) {
@@ -608,6 +613,14 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
 // Http2ServerResponse is not a Writable: its stream holds what ServerResponse has itself.
 function h2stream (res: ServerResponse): Http2ServerResponse['stream'] | undefined {
   return (res as unknown as Partial<Http2ServerResponse>).stream
+}
+
+/** returnQuietly tells an iterator to finish, ignoring what it throws or rejects with. */
+function returnQuietly (iterator: AsyncIterator<unknown> | Iterator<unknown>): void {
+  try {
+    const r = iterator.return?.()
+    if (r instanceof Promise) r.catch(() => {})
+  } catch {}
 }
 
 function bufferOf (item: Buffer | Batch): Buffer {
