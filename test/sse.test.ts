@@ -514,12 +514,29 @@ test('a source still running when the server ends the stream is told to finish (
       }
     })())
   })
+  // A source that gives an event which cannot be sent (CR/LF in `event`): the stream ends with
+  // an error event, and the source, which did not fail itself, is told to finish.
+  app.get('/bad', { sse: true }, async (_req, reply) => {
+    await reply.sse.send((async function * () {
+      try {
+        yield 'fine'
+        yield { event: 'a\nb', data: 'forged' }
+        yield 'never'
+      } finally {
+        finalized++
+      }
+    })())
+  })
   const port = await listen(app)
   const s = await openStream(t, port, '/gen')
   await withDeadline(s.ended, 5000, 'the end')
   t.equal(s.events.at(-1)?.event, 'reconnect', 'ended by the server')
   await waitUntil(() => finalized === 1, 5000, "the generator's finally")
-  t.equal(finalized, 1)
+  const bad = await openStream(t, port, '/bad')
+  await withDeadline(bad.ended, 5000, 'the end')
+  t.same(bad.events.map((e) => e.event ?? 'message'), ['message', 'error'], 'the bad event ends the stream with an error event')
+  await waitUntil(() => finalized === 2, 5000, "the second generator's finally")
+  t.equal(finalized, 2)
 })
 
 test('a server-level handlerTimeout does not cut a stream; close() ends open streams with a final event', async (t) => {

@@ -485,16 +485,22 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
       : (source as Iterable<SseEvent | string>)[Symbol.iterator]()
     const iterators = this.#iterators ??= new Set()
     iterators.add(iterator)
-    let finished = false
+    let finished = false // the source is done: it returned or threw (not: an event it gave failed to encode or send)
     try {
       while (this.isConnected) {
-        const { value, done } = await iterator.next()
-        if (done === true) finished = true
-        if (done === true || !this.isConnected) break
+        let step: IteratorResult<SseEvent | string>
+        try {
+          step = await iterator.next()
+        } catch (err) {
+          finished = true
+          throw err
+        }
+        if (step.done === true) finished = true
+        if (step.done === true || !this.isConnected) break
+        const value = step.value
         await this.#sendBuffer(encodeEvent(typeof value === 'string' ? { data: value } : value, this.#settings.serializer))
       }
     } catch (err) {
-      finished = true // (a source that throws is done; a send that rejects is handled below)
       if (this.#state === 'new') throw err // no byte sent yet: let Fastify answer with an error
       if (this.isConnected) this.#fail(err as Error)
     } finally {
@@ -503,8 +509,9 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
       // own cleanup could: the source is told to finish, so its `finally` runs.
       if (!finished && this.#iterators === iterators) returnQuietly(iterator)
     }
-    // Ended by the server (close(), shutdown, a failed source): done. The client leaving is not.
-    if (this.#clientLeft) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
+    // Ended by the server (close(), shutdown, a failed source): done. The client leaving, or
+    // being cut as a slow consumer, is not: what the source gave was not all delivered.
+    if (this.#clientLeft || this.#cut) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
   }
 
   /** #fail ends an open stream because its source threw: an `error` event, then the end. */
