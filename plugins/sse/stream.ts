@@ -5,8 +5,9 @@
  * Delivery: events written during one turn of the event loop are queued as encoded Buffers (a
  * channel's events as the turn's shared Batch) and written to the socket as one write when the
  * turn ends (the app's Flusher), so a burst, a replay or a fast iterator costs one `write()`
- * instead of one per event, and a lone event still leaves within about a millisecond. What waits for the client (our queue plus Node's) is bounded by
- * `maxBufferedBytes`; past it, the slow-consumer policy applies.
+ * instead of one per event, and a lone event still leaves within about a millisecond. What waits
+ * for the client (our queue plus Node's) is bounded by `maxBufferedBytes`; past it, the
+ * slow-consumer policy applies.
  */
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify'
 import { ServerResponse } from 'node:http'
@@ -313,8 +314,8 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     if (this.#state === 'new') this.sendHeaders()
     if (this.#state !== 'open') return false
     // The limit applies while the socket is backed up, i.e. the client has not yet taken what
-    // an earlier turn wrote. A burst within one turn says nothing about the client (Node corks
-    // the socket until the turn ends anyway), so it is queued whole and written at once.
+    // an earlier turn wrote. A burst within one turn says nothing about the client (it goes out
+    // as one write when the turn ends anyway), so it is queued whole.
     if (this.#backedUp && this.bufferedBytes + buf.length > this.#settings.maxBufferedBytes) {
       this.#slowConsumer(null)
       return false
@@ -400,11 +401,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     } catch (err) {
       // Not a client's doing (e.g. a body written to a response that may have none): end the stream.
       this.#log.error({ err }, 'fastify-long-lived: SSE write failed')
-      this.#state = 'closing'
-      this.#cut = true
-      this.#closeReason = 'write failed'
-      this.#stopTimers()
-      destroy(res, err as Error)
+      this.#cutOff('write failed', err as Error)
       return
     }
     // Node's http corks the socket at a response's first write in a tick and uncorks it in a
@@ -471,11 +468,16 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
       return
     }
     // Nothing more can reach a client that does not read: cut it, and free what waits for it.
-    this.#closeReason = 'slow consumer'
+    this.#cutOff('slow consumer', new FLL_ERR_SSE_SLOW_CONSUMER(maxBufferedBytes))
+  }
+
+  /** #cutOff destroys the response: what was queued is not delivered. #closed finishes the cleanup. */
+  #cutOff (reason: string, err: Error): void {
+    this.#closeReason = reason
     this.#cut = true
-    this.#state = 'closing' // no more writes; #closed finishes the cleanup when the socket is gone
+    this.#state = 'closing' // no more writes
     this.#stopTimers()
-    destroy(this.#res, new FLL_ERR_SSE_SLOW_CONSUMER(maxBufferedBytes))
+    destroy(this.#res, err)
   }
 
   async #pump (source: AsyncIterable<SseEvent | string> | Iterable<SseEvent | string>): Promise<void> {
