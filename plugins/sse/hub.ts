@@ -1,7 +1,8 @@
 /**
  * hub: named channels. A publish encodes the event once and hands the same Buffer to every
- * subscriber's bounded writer (through the turn's shared Batch: see batch.ts); a replay buffer lets a reconnecting client with Last-Event-ID
- * receive exactly what it missed, in order, or a `reset` event when that is no longer possible.
+ * subscriber's bounded writer (through the turn's shared Batch: see batch.ts); a replay buffer
+ * lets a reconnecting client with Last-Event-ID receive exactly what it missed, in order, or a
+ * `reset` event when that is no longer possible.
  *
  * Ids: when the publisher gives none, the channel assigns one from a sequence shared by the
  * whole hub, so a stream subscribed to several channels can resume all of them from the one
