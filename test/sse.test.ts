@@ -399,6 +399,14 @@ test('a burst larger than maxBufferedBytes within one turn does not cut a client
   t.equal(app.connections.stats().slowConsumers, 0, 'not treated as a slow consumer')
 })
 
+/** tallyDrops counts, in a raw stream, the events whose data starts with `letter` and the sum of the `dropped` notices' counts. */
+function tallyDrops (text: string, letter: string): { delivered: number, dropped: number } {
+  return {
+    delivered: text.split(`data: ${letter}`).length - 1,
+    dropped: [...text.matchAll(/event: dropped\ndata: \{"count":(\d+)\}/g)].reduce((sum, m) => sum + Number(m[1]), 0)
+  }
+}
+
 test('onSlowConsumer drop: events are skipped for that client, then a dropped event tells how many', async (t) => {
   const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024, onSlowConsumer: 'drop', heartbeatInterval: null })
   const ch = app.sse.channel('c', { historySize: 0 })
@@ -416,10 +424,7 @@ test('onSlowConsumer drop: events are skipped for that client, then a dropped ev
   t.equal(ch.subscribers, 1, 'still subscribed')
   t.equal(app.connections.stats().slowConsumers, 1)
   socket.resume()
-  const tally = (): { delivered: number, dropped: number } => ({
-    delivered: (received.text().match(/data: z/g) ?? []).length,
-    dropped: [...received.text().matchAll(/event: dropped\ndata: \{"count":(\d+)\}/g)].reduce((sum, m) => sum + Number(m[1]), 0)
-  })
+  const tally = (): { delivered: number, dropped: number } => tallyDrops(received.text(), 'z')
   await waitUntil(() => tally().delivered + tally().dropped === 2000, 10000, 'every event delivered or counted')
   const { delivered, dropped } = tally()
   t.ok(dropped > 0 && delivered > 0, `every event was either delivered (${delivered}) or counted as dropped (${dropped})`)
@@ -452,10 +457,7 @@ test('direct sends to a client that stops reading: drop skips and counts them, d
     socket.resume()
     await waitUntil(() => results.resolved + results.rejected === 2000, 10000, 'every send to settle')
     t.equal(results.rejected, 0, 'drop: no send rejected')
-    const tally = (): { delivered: number, dropped: number } => ({
-      delivered: (received.text().match(/data: d/g) ?? []).length,
-      dropped: [...received.text().matchAll(/event: dropped\ndata: \{"count":(\d+)\}/g)].reduce((sum, m) => sum + Number(m[1]), 0)
-    })
+    const tally = (): { delivered: number, dropped: number } => tallyDrops(received.text(), 'd')
     await waitUntil(() => tally().delivered + tally().dropped === 2000, 10000, 'every event delivered or counted')
     t.ok(tally().dropped > 0, `drop: ${tally().delivered} delivered, ${tally().dropped} counted as dropped`)
   }
