@@ -10,12 +10,10 @@
 // then a measured autocannon run against 127.0.0.1. Prints a summary table and writes the raw
 // numbers to bench/results/keepalive-<timestamp>.json. See bench/README.md.
 import autocannon from 'autocannon'
-import { fork } from 'node:child_process'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseArgs } from 'node:util'
-import { busyMs, ensureBuild, integerSetting, procStat, root, waitForQuiet, writeResults } from './lib.js'
+import { busyMs, ensureBuild, forkChild, median, procStat, readConfig, runMain, stopChild, waitForQuiet, writeResults } from './lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const serverPath = join(benchDir, 'server.js')
@@ -24,7 +22,6 @@ const VARIANTS = ['bare', 'kit']
 
 // Upper bounds on every wait, so that nothing can hang the run.
 const SERVER_START_TIMEOUT_MS = 15e3
-const SERVER_STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const CANNON_SLACK_MS = 15e3
 // Above this share of one core spent in other processes during a run, the run counts as
@@ -55,35 +52,6 @@ const usage = `usage: node bench/keepalive.js [options]
 `
 
 /**
- * readConfig merges flags over environment variables over defaults.
- * @returns {{ rounds: number, duration: number, warmup: number, connections: number, pipelining: number, 'quiet-wait': number, build: boolean }}
- */
-function readConfig () {
-  const { values } = parseArgs({
-    options: {
-      rounds: { type: 'string' },
-      duration: { type: 'string' },
-      warmup: { type: 'string' },
-      connections: { type: 'string' },
-      pipelining: { type: 'string' },
-      'quiet-wait': { type: 'string' },
-      build: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false }
-    },
-    strict: true
-  })
-  if (values.help) {
-    process.stdout.write(usage)
-    process.exit(0)
-  }
-  const config = { build: values.build }
-  for (const [name, spec] of Object.entries(numeric)) {
-    config[name] = integerSetting(values[name] ?? process.env[spec.env], `--${name} (or ${spec.env})`, spec.def, spec.min, spec.max)
-  }
-  return config
-}
-
-/**
  * machineCpu reads the whole machine's busy and steal time (ms, all CPUs), so that a run can
  * tell how much CPU went to processes other than the server and this driver. null off Linux.
  */
@@ -92,24 +60,19 @@ function machineCpu () {
   return s === null ? null : { busyMs: busyMs(s) - s.steal, stealMs: s.steal }
 }
 
-/** @type {Set<import('node:child_process').ChildProcess>} */
-const children = new Set()
-
 /**
  * startServer forks `bench/server.js <variant>` and resolves once it printed its port.
  * @param {string} variant
  */
 function startServer (variant) {
-  const child = fork(serverPath, [variant], { cwd: root, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
-  children.add(child)
-  child.once('exit', () => { children.delete(child) })
+  const child = forkChild(serverPath, [variant])
   return new Promise((resolve, reject) => {
     let buf = ''
     const fail = (err) => {
       clearTimeout(timer)
       child.stdout.removeListener('data', onData)
       child.removeListener('exit', onExit)
-      stopServer(child).finally(() => { reject(err) })
+      stopChild(child).finally(() => { reject(err) })
     }
     const timer = setTimeout(() => { fail(new Error(`${variant} server did not print its port within ${SERVER_START_TIMEOUT_MS} ms`)) }, SERVER_START_TIMEOUT_MS)
     const onExit = (code, signal) => { fail(new Error(`${variant} server exited before listening (code ${code}, signal ${signal})`)) }
@@ -137,22 +100,6 @@ function startServer (variant) {
     child.stdout.setEncoding('utf8')
     child.stdout.on('data', onData)
     child.once('exit', onExit)
-  })
-}
-
-/**
- * stopServer sends SIGTERM, then SIGKILL if the child has not exited in time.
- * @param {import('node:child_process').ChildProcess} child
- */
-function stopServer (child) {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => { child.kill('SIGKILL') }, SERVER_STOP_TIMEOUT_MS)
-    child.once('exit', () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill('SIGTERM')
   })
 }
 
@@ -251,14 +198,8 @@ async function oneRun (variant, round, slot, config) {
     }
     return run
   } finally {
-    await stopServer(child)
+    await stopChild(child)
   }
-}
-
-function median (xs) {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
 function summarize (runs, rounds) {
@@ -342,7 +283,7 @@ function printTable (summary) {
 }
 
 async function main () {
-  const config = readConfig()
+  const config = readConfig({ numeric, usage })
   const dist = ensureBuild(distFiles, config.build).hashes
   const perRun = config.warmup + config.duration + 2
   console.log(`keepalive bench: ${config.rounds} rounds x ${VARIANTS.length} variants x (${config.warmup} s warm-up + ${config.duration} s), ` +
@@ -372,22 +313,4 @@ async function main () {
   console.log(`raw results: ${file}`)
 }
 
-let exitCode = 0
-async function killChildren () {
-  await Promise.all([...children].map((c) => stopServer(c)))
-}
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping servers`)
-    killChildren().finally(() => { process.exit(130) })
-  })
-}
-try {
-  await main()
-} catch (err) {
-  console.error(err)
-  exitCode = 1
-} finally {
-  await killChildren()
-}
-process.exit(exitCode)
+await runMain(main, 'the servers')

@@ -1,13 +1,14 @@
-// What the benchmark drivers share: integer settings, the build they measure, the machine's
-// CPU from /proc/stat, waiting for a quiet machine, spotting the repository's other
-// benchmarks, and the results file. Plain JS (no build step), used by bench/keepalive.js, bench/client/run.js and
-// bench/sse/run.js.
-import { spawnSync } from 'node:child_process'
+// What the benchmark drivers share: their settings, the build they measure, their child
+// processes, the machine's CPU from /proc/stat, waiting for a quiet machine, spotting the
+// repository's other benchmarks, medians, and the results file. Plain JS (no build step), used
+// by bench/keepalive.js, bench/client/run.js and bench/sse/run.js.
+import { fork, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import { dirname, join, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
 
 /** The repository's root folder. */
 export const root = join(dirname(fileURLToPath(import.meta.url)), '..')
@@ -27,6 +28,31 @@ export function integerSetting (raw, label, def, min, max) {
     throw new Error(`${label} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`)
   }
   return n
+}
+
+/**
+ * readConfig reads a driver's flags: `--help` prints `usage` and exits; each `numeric` setting
+ * ({ name: { env, def, min, max } }) comes from its flag, else its environment variable, else
+ * its default; `--build` is a boolean; the names in `strings` are returned as given (undefined
+ * when absent), for the driver to check. Unknown flags throw.
+ */
+export function readConfig ({ numeric, usage, strings = [] }) {
+  const options = {
+    build: { type: 'boolean', default: false },
+    help: { type: 'boolean', short: 'h', default: false }
+  }
+  for (const name of [...Object.keys(numeric), ...strings]) options[name] = { type: 'string' }
+  const { values } = parseArgs({ options, strict: true })
+  if (values.help) {
+    process.stdout.write(usage)
+    process.exit(0)
+  }
+  const config = { build: values.build }
+  for (const [name, spec] of Object.entries(numeric)) {
+    config[name] = integerSetting(values[name] ?? process.env[spec.env], `--${name} (or ${spec.env})`, spec.def, spec.min, spec.max)
+  }
+  for (const name of strings) config[name] = values[name]
+  return config
 }
 
 /**
@@ -99,6 +125,63 @@ export async function waitForQuiet (seconds, percent = 10) {
     if (busyPercent < percent) return { waitedMs, quiet: true }
     if (waitedMs >= seconds * 1e3) return { waitedMs, quiet: false }
   }
+}
+
+/** median of the finite numbers in `xs`; null when there is none. */
+export function median (xs) {
+  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
+  if (v.length === 0) return null
+  const mid = v.length >> 1
+  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2
+}
+
+/** The children forked by forkChild, stopped by runMain when the driver ends. */
+const children = new Set()
+
+/** forkChild forks `path` with `args` from the repository's root (stdout piped, IPC on) and keeps track of it. */
+export function forkChild (path, args) {
+  const child = fork(path, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+  children.add(child)
+  child.once('exit', () => { children.delete(child) })
+  return child
+}
+
+/** stopChild sends SIGTERM, then SIGKILL if the child has not exited within `timeoutMs`. */
+export function stopChild (child, timeoutMs = 5e3) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => { child.kill('SIGKILL') }, timeoutMs)
+    child.once('exit', () => {
+      clearTimeout(timer)
+      resolve()
+    })
+    child.kill('SIGTERM')
+  })
+}
+
+/**
+ * runMain runs a driver's `main` and then exits (1 if it threw). Every forked child is stopped
+ * at the end, on error, and on SIGINT/SIGTERM (then the exit code is 130); `what` names them
+ * in the message.
+ */
+export async function runMain (main, what) {
+  const stopAll = () => Promise.all([...children].map((c) => stopChild(c)))
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, () => {
+      console.error(`\n${sig}: stopping ${what}`)
+      stopAll().finally(() => { process.exit(130) })
+    })
+  }
+  let exitCode = 0
+  try {
+    await main()
+  } catch (err) {
+    console.error(err)
+    exitCode = 1
+  } finally {
+    await stopAll()
+  }
+  process.exit(exitCode)
 }
 
 /** otherBenchmarks lists the command lines of running processes that match `pattern` (not this one). */

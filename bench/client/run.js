@@ -11,13 +11,11 @@
 // the pool/per-request ratio of the medians and of each round, and writes the raw numbers to
 // bench/results/client-<timestamp>.json. Every wait is bounded; every child is stopped on
 // exit, on error and on Ctrl-C.
-import { fork } from 'node:child_process'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { parseArgs } from 'node:util'
 
-import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, root, sleep, waitForQuiet, writeResults } from '../lib.js'
+import { busyMs, ensureBuild, forkChild, median, otherBenchmarks, procStat, readConfig as readSettings, runMain, sleep, stopChild, waitForQuiet, writeResults } from '../lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const upstreamPath = join(benchDir, 'upstream.js')
@@ -26,7 +24,6 @@ const distFiles = ['dist/plugins/connections.js', 'dist/plugins/client.js']
 const ALL_VARIANTS = ['pool', 'per-request', 'undici']
 
 const START_TIMEOUT_MS = 15e3
-const STOP_TIMEOUT_MS = 5e3
 const STATS_TIMEOUT_MS = 5e3
 const RUN_SLACK_MS = 20e3
 const OTHERS_POLL_MS = 30e3
@@ -62,29 +59,8 @@ const usage = `usage: node bench/client/run.js [options]
 `
 
 function readConfig () {
-  const { values } = parseArgs({
-    options: {
-      rounds: { type: 'string' },
-      duration: { type: 'string' },
-      warmup: { type: 'string' },
-      callers: { type: 'string' },
-      variants: { type: 'string' },
-      'wait-others': { type: 'string' },
-      'quiet-wait': { type: 'string' },
-      build: { type: 'boolean', default: false },
-      help: { type: 'boolean', short: 'h', default: false }
-    },
-    strict: true
-  })
-  if (values.help) {
-    process.stdout.write(usage)
-    process.exit(0)
-  }
-  const config = { build: values.build }
-  for (const [name, spec] of Object.entries(numeric)) {
-    config[name] = integerSetting(values[name] ?? process.env[spec.env], `--${name} (or ${spec.env})`, spec.def, spec.min, spec.max)
-  }
-  const variants = (values.variants ?? process.env.BENCH_VARIANTS ?? 'pool,per-request').split(',').map((v) => v.trim())
+  const config = readSettings({ numeric, usage, strings: ['variants'] })
+  const variants = (config.variants ?? process.env.BENCH_VARIANTS ?? 'pool,per-request').split(',').map((v) => v.trim())
   if (variants.length < 2 || new Set(variants).size !== variants.length || variants.some((v) => !ALL_VARIANTS.includes(v))) {
     throw new Error(`--variants must list at least two distinct variants from ${ALL_VARIANTS.join(', ')}, got ${JSON.stringify(variants.join(','))}`)
   }
@@ -115,32 +91,9 @@ function machineBusyMs () {
   return s === null ? null : busyMs(s) - s.steal
 }
 
-/** @type {Set<import('node:child_process').ChildProcess>} */
-const children = new Set()
-
-function spawnChild (path, args) {
-  const child = fork(path, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
-  children.add(child)
-  child.once('exit', () => { children.delete(child) })
-  return child
-}
-
-/** stopChild sends SIGTERM, then SIGKILL if the child has not exited in time. */
-function stopChild (child) {
-  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => { child.kill('SIGKILL') }, STOP_TIMEOUT_MS)
-    child.once('exit', () => {
-      clearTimeout(timer)
-      resolve()
-    })
-    child.kill('SIGTERM')
-  })
-}
-
 /** startUpstream forks the upstream and resolves with its port once it printed it. */
 function startUpstream () {
-  const child = spawnChild(upstreamPath, [])
+  const child = forkChild(upstreamPath, [])
   return new Promise((resolve, reject) => {
     let buf = ''
     const fail = (err) => {
@@ -196,7 +149,7 @@ async function oneRun (variant, round, slot, config) {
   const { child: upstream, port } = await startUpstream()
   let caller = null
   try {
-    caller = spawnChild(callerPath, [variant, `http://127.0.0.1:${port}`, String(config.callers), String(config.warmup), String(config.duration)])
+    caller = forkChild(callerPath, [variant, `http://127.0.0.1:${port}`, String(config.callers), String(config.warmup), String(config.duration)])
     caller.stdout.resume()
     const budget = (config.warmup + config.duration) * 1e3 + RUN_SLACK_MS
     let machineBefore = null
@@ -246,12 +199,6 @@ async function oneRun (variant, round, slot, config) {
   } finally {
     await Promise.all([caller === null ? null : stopChild(caller), stopChild(upstream)])
   }
-}
-
-function median (xs) {
-  const s = [...xs].sort((a, b) => a - b)
-  const m = s.length >> 1
-  return s.length % 2 === 1 ? s[m] : (s[m - 1] + s[m]) / 2
 }
 
 function summarize (runs, config) {
@@ -355,22 +302,4 @@ async function main () {
   console.log(`raw results: ${file}`)
 }
 
-let exitCode = 0
-async function stopChildren () {
-  await Promise.all([...children].map((c) => stopChild(c)))
-}
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, () => {
-    console.error(`\n${sig}: stopping the upstream and the caller`)
-    stopChildren().finally(() => { process.exit(130) })
-  })
-}
-try {
-  await main()
-} catch (err) {
-  console.error(err)
-  exitCode = 1
-} finally {
-  await stopChildren()
-}
-process.exit(exitCode)
+await runMain(main, 'the upstream and the caller')

@@ -21,7 +21,7 @@ import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
-import { busyMs, ensureBuild, integerSetting, otherBenchmarks, procStat, sleep, waitForQuiet } from '../lib.js'
+import { busyMs, ensureBuild, integerSetting, median, otherBenchmarks, procStat, sleep, waitForQuiet } from '../lib.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const root = join(here, '..', '..')
@@ -560,13 +560,6 @@ function checkEvents (server, reports, m, b) {
 
 // ---------------------------------------------------------------------------------------------
 // Summaries.
-
-function median (xs) {
-  const v = xs.filter((x) => typeof x === 'number' && Number.isFinite(x)).sort((a, b) => a - b)
-  if (v.length === 0) return null
-  const mid = v.length >> 1
-  return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2
-}
 
 function fmt (x, digits = 0) {
   if (x === null || x === undefined || !Number.isFinite(x)) return '-'
