@@ -5,7 +5,7 @@
 // keepAlive: null and retry: null disable the heartbeat and the initial retry field.
 import Fastify from 'fastify'
 import { createChannel, createSession } from 'better-sse'
-import { makePayloads, runServer } from './common.js'
+import { makePayloads, runFastify } from './common.js'
 
 const channel = createChannel()
 const app = Fastify({ logger: false })
@@ -15,13 +15,8 @@ app.get('/events', async (request, reply) => {
   const session = await createSession(request.raw, reply.raw, { keepAlive: null, retry: null })
   channel.register(session)
 })
-app.get('/probe', async () => 'ok')
 
-await runServer({
-  async listen () {
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return app.server.address().port
-  },
+await runFastify(app, {
   subscribers: () => channel.sessionCount,
   broadcast (m, b) {
     const payload = makePayloads(b)

@@ -11,6 +11,8 @@
 // Process warnings (run.js starts servers with --no-warnings) are counted, not printed: a
 // library that adds a listener per pending write would otherwise print one per client.
 
+import http from 'node:http'
+
 /** makePayloads returns (i) => the data of event `i`: its zero-padded index, then 'x' up to `b` chars (no LF, no "data:"). */
 export function makePayloads (b) {
   const filler = 'x'.repeat(Math.max(0, b - 8))
@@ -70,4 +72,46 @@ export async function runServer ({ listen, subscribers, broadcast }) {
   })
   const port = await listen()
   process.send({ type: 'ready', port, pid: process.pid, node: process.version })
+}
+
+/** runFastify runs a Fastify `app` (with its GET /events) in the harness: it adds GET /probe and listens on 127.0.0.1. */
+export async function runFastify (app, { subscribers, broadcast }) {
+  app.get('/probe', async () => 'ok')
+  await runServer({
+    async listen () {
+      await app.listen({ port: 0, host: '127.0.0.1' })
+      return app.server.address().port
+    },
+    subscribers,
+    broadcast
+  })
+}
+
+/**
+ * runRaw runs a node:http server in the harness: GET /events sends the SSE head at once and keeps
+ * the response in a set until it closes; GET /probe answers "ok". A broadcast calls
+ * `broadcast(responses, m, b)`.
+ */
+export async function runRaw (broadcast) {
+  const clients = new Set()
+  const server = http.createServer((req, res) => {
+    if (req.url === '/events') {
+      res.writeHead(200, sseHeaders)
+      res.flushHeaders()
+      clients.add(res)
+      res.on('close', () => clients.delete(res))
+      return
+    }
+    if (req.url === '/probe') {
+      res.end('ok')
+      return
+    }
+    res.statusCode = 404
+    res.end()
+  })
+  await runServer({
+    listen: () => new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server.address().port))),
+    subscribers: () => clients.size,
+    broadcast: (m, b) => broadcast(clients, m, b)
+  })
 }

@@ -2,7 +2,7 @@
 // encoded once, to every reply.raw: one write per event per client, as `raw` does. This is the
 // most any Fastify SSE plugin that writes per event can reach.
 import Fastify from 'fastify'
-import { eventBuffer, makePayloads, runServer, sseHeaders } from './common.js'
+import { eventBuffer, makePayloads, runFastify, sseHeaders } from './common.js'
 
 const clients = new Set()
 const app = Fastify({ logger: false })
@@ -15,13 +15,8 @@ app.get('/events', (request, reply) => {
   clients.add(res)
   res.on('close', () => clients.delete(res))
 })
-app.get('/probe', async () => 'ok')
 
-await runServer({
-  async listen () {
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return app.server.address().port
-  },
+await runFastify(app, {
   subscribers: () => clients.size,
   broadcast (m, b) {
     const payload = makePayloads(b)

@@ -5,7 +5,7 @@
 // clients ignore. retryDelay: false (no initial retry field); the plugin has no heartbeat.
 import Fastify from 'fastify'
 import { FastifySSEPlugin } from 'fastify-sse-v2'
-import { makePayloads, runServer } from './common.js'
+import { makePayloads, runFastify } from './common.js'
 
 const clients = new Set()
 const app = Fastify({ logger: false })
@@ -16,13 +16,8 @@ app.get('/events', (request, reply) => {
   clients.add(reply)
   reply.raw.on('close', () => clients.delete(reply))
 })
-app.get('/probe', async () => 'ok')
 
-await runServer({
-  async listen () {
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return app.server.address().port
-  },
+await runFastify(app, {
   subscribers: () => clients.size,
   broadcast (m, b) {
     const payload = makePayloads(b)

@@ -8,7 +8,7 @@
 // first event. The benchmark waits for every response head, so we flush it.
 import Fastify from 'fastify'
 import fastifySse from '@fastify/sse'
-import { makePayloads, runServer } from './common.js'
+import { makePayloads, runFastify } from './common.js'
 
 const clients = new Set()
 const app = Fastify({ logger: false })
@@ -21,15 +21,10 @@ app.get('/events', { sse: 'only' }, async (request, reply) => {
   clients.add(reply)
   reply.sse.onClose(() => clients.delete(reply))
 })
-app.get('/probe', async () => 'ok')
 
 function ignore () {}
 
-await runServer({
-  async listen () {
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return app.server.address().port
-  },
+await runFastify(app, {
   subscribers: () => clients.size,
   broadcast (m, b) {
     const payload = makePayloads(b)

@@ -8,7 +8,7 @@
 // default 1 MiB, raises maxBufferedBytes so that no client is cut as a slow consumer.
 import Fastify from 'fastify'
 import { pathToFileURL } from 'node:url'
-import { makePayloads, runServer } from './common.js'
+import { makePayloads, runFastify } from './common.js'
 
 const dist = process.env.SSE_BENCH_DIST === undefined
   ? new URL('../../../dist/', import.meta.url)
@@ -26,13 +26,8 @@ const channel = app.sse.channel('bench')
 app.get('/events', { sse: true }, async (request, reply) => {
   reply.sse.subscribe(channel)
 })
-app.get('/probe', async () => 'ok')
 
-await runServer({
-  async listen () {
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    return app.server.address().port
-  },
+await runFastify(app, {
   subscribers: () => channel.subscribers,
   broadcast (m, b) {
     const payload = makePayloads(b)

@@ -1,27 +1,9 @@
 // raw-batched: node:http, no framework, and the practical limit of a broadcast: the M events
 // are encoded once and concatenated into ~16 KiB Buffers (cut on event boundaries), and those
 // few Buffers are written to every open response.
-import http from 'node:http'
-import { eventBuffer, makePayloads, runServer, sseHeaders } from './common.js'
+import { eventBuffer, makePayloads, runRaw } from './common.js'
 
 const BATCH_BYTES = 16 * 1024
-const clients = new Set()
-
-const server = http.createServer((req, res) => {
-  if (req.url === '/events') {
-    res.writeHead(200, sseHeaders)
-    res.flushHeaders()
-    clients.add(res)
-    res.on('close', () => clients.delete(res))
-    return
-  }
-  if (req.url === '/probe') {
-    res.end('ok')
-    return
-  }
-  res.statusCode = 404
-  res.end()
-})
 
 function buildBatches (m, b) {
   const payload = makePayloads(b)
@@ -42,13 +24,9 @@ function buildBatches (m, b) {
   return batches
 }
 
-await runServer({
-  listen: () => new Promise((resolve) => server.listen(0, '127.0.0.1', () => resolve(server.address().port))),
-  subscribers: () => clients.size,
-  broadcast (m, b) {
-    const batches = buildBatches(m, b)
-    for (const res of clients) {
-      for (const batch of batches) res.write(batch)
-    }
+await runRaw((clients, m, b) => {
+  const batches = buildBatches(m, b)
+  for (const res of clients) {
+    for (const batch of batches) res.write(batch)
   }
 })
