@@ -13,7 +13,7 @@ import autocannon from 'autocannon'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { busyMs, ensureBuild, forkChild, median, procStat, readConfig, runMain, stopChild, waitForQuiet, writeResults } from './lib.js'
+import { busyMs, childStats, ensureBuild, median, procStat, readConfig, runMain, startChild, stopChild, waitForQuiet, writeResults } from './lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const serverPath = join(benchDir, 'server.js')
@@ -60,71 +60,15 @@ function machineCpu () {
   return s === null ? null : { busyMs: busyMs(s) - s.steal, stealMs: s.steal }
 }
 
-/**
- * startServer forks `bench/server.js <variant>` and resolves once it printed its port.
- * @param {string} variant
- */
-function startServer (variant) {
-  const child = forkChild(serverPath, [variant])
-  return new Promise((resolve, reject) => {
-    let buf = ''
-    const fail = (err) => {
-      clearTimeout(timer)
-      child.stdout.removeListener('data', onData)
-      child.removeListener('exit', onExit)
-      stopChild(child).finally(() => { reject(err) })
-    }
-    const timer = setTimeout(() => { fail(new Error(`${variant} server did not print its port within ${SERVER_START_TIMEOUT_MS} ms`)) }, SERVER_START_TIMEOUT_MS)
-    const onExit = (code, signal) => { fail(new Error(`${variant} server exited before listening (code ${code}, signal ${signal})`)) }
-    const onData = (chunk) => {
-      buf += chunk
-      const nl = buf.indexOf('\n')
-      if (nl === -1) return
-      clearTimeout(timer)
-      child.stdout.removeListener('data', onData)
-      child.removeListener('exit', onExit)
-      child.stdout.resume() // drain anything else it prints
-      let info
-      try {
-        info = JSON.parse(buf.slice(0, nl))
-      } catch {
-        fail(new Error(`${variant} server printed ${JSON.stringify(buf.slice(0, nl))} instead of its port`))
-        return
-      }
-      if (info.variant !== variant || !Number.isInteger(info.port)) {
-        fail(new Error(`${variant} server printed an unexpected line: ${buf.slice(0, nl)}`))
-        return
-      }
-      resolve({ child, port: info.port })
-    }
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', onData)
-    child.once('exit', onExit)
-  })
+/** startServer forks `bench/server.js <variant>` and resolves once it printed its port. */
+async function startServer (variant) {
+  const { child, info } = await startChild(serverPath, [variant], `${variant} server`,
+    (i) => i.variant === variant && Number.isInteger(i.port), SERVER_START_TIMEOUT_MS)
+  return { child, port: info.port }
 }
 
-let statsId = 0
-/**
- * serverStats asks the server for its own CPU time (µs), RSS and request counter.
- * @param {import('node:child_process').ChildProcess} child
- */
-function serverStats (child) {
-  const id = ++statsId
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.removeListener('message', onMessage)
-      reject(new Error(`server ${child.pid} did not answer a stats request within ${STATS_TIMEOUT_MS} ms`))
-    }, STATS_TIMEOUT_MS)
-    const onMessage = (msg) => {
-      if (msg === null || typeof msg !== 'object' || msg.cmd !== 'stats' || msg.id !== id) return
-      clearTimeout(timer)
-      child.removeListener('message', onMessage)
-      resolve(msg)
-    }
-    child.on('message', onMessage)
-    child.send({ cmd: 'stats', id })
-  })
-}
+/** serverStats asks the server for its own CPU time (µs), RSS and request counter. */
+const serverStats = (child) => childStats(child, `server ${child.pid}`, STATS_TIMEOUT_MS)
 
 /**
  * cannon runs autocannon for `seconds` against 127.0.0.1:port, stopping it by force if it

@@ -146,6 +146,71 @@ export function forkChild (path, args) {
   return child
 }
 
+/**
+ * startChild forks `path` (see forkChild) and resolves with the child and the JSON object it
+ * prints as its first line (e.g. its port), once `check(info)` accepts it; rejects (and stops
+ * the child) if it exits first, prints something else, or says nothing within `timeoutMs`.
+ * `what` names the child in the errors.
+ */
+export function startChild (path, args, what, check, timeoutMs = 15e3) {
+  const child = forkChild(path, args)
+  return new Promise((resolve, reject) => {
+    let buf = ''
+    const fail = (err) => {
+      clearTimeout(timer)
+      child.stdout.removeListener('data', onData)
+      child.removeListener('exit', onExit)
+      stopChild(child).finally(() => { reject(err) })
+    }
+    const timer = setTimeout(() => { fail(new Error(`${what} did not print its port within ${timeoutMs} ms`)) }, timeoutMs)
+    const onExit = (code, signal) => { fail(new Error(`${what} exited before listening (code ${code}, signal ${signal})`)) }
+    const onData = (chunk) => {
+      buf += chunk
+      const nl = buf.indexOf('\n')
+      if (nl === -1) return
+      clearTimeout(timer)
+      child.stdout.removeListener('data', onData)
+      child.removeListener('exit', onExit)
+      child.stdout.resume() // drain anything else it prints
+      let info = null
+      try {
+        info = JSON.parse(buf.slice(0, nl))
+      } catch {}
+      if (info === null || typeof info !== 'object' || !check(info)) {
+        fail(new Error(`${what} printed ${JSON.stringify(buf.slice(0, nl))} instead of its port`))
+        return
+      }
+      resolve({ child, info })
+    }
+    child.stdout.setEncoding('utf8')
+    child.stdout.on('data', onData)
+    child.once('exit', onExit)
+  })
+}
+
+let statsId = 0
+/**
+ * childStats asks a child started by startChild for its numbers over IPC ({ cmd: 'stats', id }
+ * answered with the same cmd and id); rejects after `timeoutMs`.
+ */
+export function childStats (child, what, timeoutMs = 5e3) {
+  const id = ++statsId
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.removeListener('message', onMessage)
+      reject(new Error(`${what} did not answer a stats request within ${timeoutMs} ms`))
+    }, timeoutMs)
+    const onMessage = (msg) => {
+      if (msg === null || typeof msg !== 'object' || msg.cmd !== 'stats' || msg.id !== id) return
+      clearTimeout(timer)
+      child.removeListener('message', onMessage)
+      resolve(msg)
+    }
+    child.on('message', onMessage)
+    child.send({ cmd: 'stats', id })
+  })
+}
+
 /** stopChild sends SIGTERM, then SIGKILL if the child has not exited within `timeoutMs`. */
 export function stopChild (child, timeoutMs = 5e3) {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve()

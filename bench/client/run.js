@@ -15,7 +15,7 @@ import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-import { busyMs, ensureBuild, forkChild, median, otherBenchmarks, procStat, readConfig as readSettings, runMain, sleep, stopChild, waitForQuiet, writeResults } from '../lib.js'
+import { busyMs, childStats, ensureBuild, forkChild, median, otherBenchmarks, procStat, readConfig as readSettings, runMain, sleep, startChild, stopChild, waitForQuiet, writeResults } from '../lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const upstreamPath = join(benchDir, 'upstream.js')
@@ -92,55 +92,12 @@ function machineBusyMs () {
 }
 
 /** startUpstream forks the upstream and resolves with its port once it printed it. */
-function startUpstream () {
-  const child = forkChild(upstreamPath, [])
-  return new Promise((resolve, reject) => {
-    let buf = ''
-    const fail = (err) => {
-      clearTimeout(timer)
-      stopChild(child).finally(() => { reject(err) })
-    }
-    const timer = setTimeout(() => { fail(new Error(`the upstream did not print its port within ${START_TIMEOUT_MS} ms`)) }, START_TIMEOUT_MS)
-    const onExit = (code, signal) => { fail(new Error(`the upstream exited before listening (code ${code}, signal ${signal})`)) }
-    child.once('exit', onExit)
-    child.stdout.setEncoding('utf8')
-    child.stdout.on('data', function onData (chunk) {
-      buf += chunk
-      const nl = buf.indexOf('\n')
-      if (nl === -1) return
-      child.stdout.removeListener('data', onData)
-      child.stdout.resume()
-      clearTimeout(timer)
-      child.removeListener('exit', onExit)
-      try {
-        const { port } = JSON.parse(buf.slice(0, nl))
-        if (!Number.isInteger(port)) throw new Error('no port')
-        resolve({ child, port })
-      } catch {
-        fail(new Error(`the upstream printed ${JSON.stringify(buf.slice(0, nl))} instead of its port`))
-      }
-    })
-  })
+async function startUpstream () {
+  const { child, info } = await startChild(upstreamPath, [], 'the upstream', (i) => Number.isInteger(i.port), START_TIMEOUT_MS)
+  return { child, port: info.port }
 }
 
-let statsId = 0
-function upstreamStats (child) {
-  const id = ++statsId
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.removeListener('message', onMessage)
-      reject(new Error(`the upstream did not answer a stats request within ${STATS_TIMEOUT_MS} ms`))
-    }, STATS_TIMEOUT_MS)
-    const onMessage = (msg) => {
-      if (msg === null || typeof msg !== 'object' || msg.cmd !== 'stats' || msg.id !== id) return
-      clearTimeout(timer)
-      child.removeListener('message', onMessage)
-      resolve(msg)
-    }
-    child.on('message', onMessage)
-    child.send({ cmd: 'stats', id })
-  })
-}
+const upstreamStats = (child) => childStats(child, 'the upstream', STATS_TIMEOUT_MS)
 
 /** oneRun measures one variant against a fresh upstream, with a fresh caller process. */
 async function oneRun (variant, round, slot, config) {
