@@ -13,7 +13,7 @@ import autocannon from 'autocannon'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { busyMs, childStats, ensureBuild, median, procStat, readConfig, runMain, startChild, stopChild, waitForQuiet, writeResults } from './lib.js'
+import { busyMs, childStats, ensureBuild, median, pairedSummary, procStat, readConfig, runMain, startChild, stopChild, waitForQuiet, writeResults } from './lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const serverPath = join(benchDir, 'server.js')
@@ -183,14 +183,8 @@ function summarize (runs, rounds) {
   return {
     byVariant,
     ratioOfMedians: byVariant.kit.medianReqPerSec / byVariant.bare.medianReqPerSec,
-    pairedRatios: paired,
-    medianPairedRatio: median(paired),
-    minPairedRatio: Math.min(...paired),
-    maxPairedRatio: Math.max(...paired),
-    // Rounds where neither run lost more than OTHER_CPU_WARN_PERCENT % of a core to other processes.
-    undisturbedRounds: undisturbed.map((u) => u.round),
-    undisturbedPairedRatios: undisturbed.map((u) => u.ratio),
-    medianUndisturbedPairedRatio: undisturbed.length > 0 ? median(undisturbed.map((u) => u.ratio)) : null,
+    // Undisturbed: rounds where neither run lost more than OTHER_CPU_WARN_PERCENT % of a core to other processes.
+    ...pairedSummary(paired, undisturbed),
     ratioOfMedianServerCpuPerReq: byVariant.kit.medianServerCpuUsPerReq / byVariant.bare.medianServerCpuUsPerReq,
     // Server CPU per request, kit/bare in the same round: the server's own cost, less sensitive
     // than req/s to CPU taken by other processes (not to a slower host, which hits both alike).

@@ -135,6 +135,22 @@ export function median (xs) {
   return v.length % 2 === 1 ? v[mid] : (v[mid - 1] + v[mid]) / 2
 }
 
+/**
+ * pairedSummary sums up the A/B ratios of the same rounds (`paired`), and of the rounds no
+ * other process disturbed (`undisturbed`: { round, ratio }).
+ */
+export function pairedSummary (paired, undisturbed) {
+  return {
+    pairedRatios: paired,
+    medianPairedRatio: median(paired),
+    minPairedRatio: Math.min(...paired),
+    maxPairedRatio: Math.max(...paired),
+    undisturbedRounds: undisturbed.map((u) => u.round),
+    undisturbedPairedRatios: undisturbed.map((u) => u.ratio),
+    medianUndisturbedPairedRatio: undisturbed.length > 0 ? median(undisturbed.map((u) => u.ratio)) : null
+  }
+}
+
 /** The children forked by forkChild, stopped by runMain when the driver ends. */
 const children = new Set()
 

@@ -15,7 +15,7 @@ import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-import { busyMs, childStats, ensureBuild, forkChild, median, otherBenchmarks, procStat, readConfig as readSettings, runMain, sleep, startChild, stopChild, waitForQuiet, writeResults } from '../lib.js'
+import { busyMs, childStats, ensureBuild, forkChild, median, otherBenchmarks, pairedSummary, procStat, readConfig as readSettings, runMain, sleep, startChild, stopChild, waitForQuiet, writeResults } from '../lib.js'
 
 const benchDir = dirname(fileURLToPath(import.meta.url))
 const upstreamPath = join(benchDir, 'upstream.js')
@@ -192,14 +192,8 @@ function summarize (runs, config) {
     byVariant,
     compared: `${a}/${b}`,
     ratioOfMedians: byVariant[a].medianReqPerSec / byVariant[b].medianReqPerSec,
-    pairedRatios: paired,
-    medianPairedRatio: median(paired),
-    minPairedRatio: Math.min(...paired),
-    maxPairedRatio: Math.max(...paired),
-    // Rounds where neither run lost more than OTHER_CPU_WARN_PERCENT % of a core to other processes.
-    undisturbedRounds: undisturbed.map((u) => u.round),
-    undisturbedPairedRatios: undisturbed.map((u) => u.ratio),
-    medianUndisturbedPairedRatio: undisturbed.length > 0 ? median(undisturbed.map((u) => u.ratio)) : null
+    // Undisturbed: rounds where neither run lost more than OTHER_CPU_WARN_PERCENT % of a core to other processes.
+    ...pairedSummary(paired, undisturbed)
   }
 }
 
