@@ -12,7 +12,7 @@ import type { Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2
 import type { Socket } from 'node:net'
 import { Server as TlsServer } from 'node:tls'
 import { checkMetricsOption, registerMetrics, type MetricSpec, type MetricsOption } from './metrics.js'
-import { fastifyRegisterKeys, invalid, isPlainObject, objectOption } from './options.js'
+import { fastifyRegisterKeys, invalid, isPlainObject, objectOption, positiveIntOrNull } from './options.js'
 
 /** StreamHandle is what a long-lived response gives the registry so it can be ended gracefully. */
 export interface StreamHandle {
@@ -94,7 +94,7 @@ export type SlowClientKind = 'upload' | 'download' | 'consumer'
 export interface DrainCounts {
   setDraining: { marked: number }
   closeIdle: { closed: number }
-  closeStreams: { closed: number, failed: number }
+  closeStreams: { closed: number, failed: number, cut: number }
   waitForIdle: { idle: boolean, active: number, streams: number }
   destroyAll: { destroyed: number }
 }
@@ -131,9 +131,14 @@ export interface ConnectionRegistry {
   closeIdle (opts?: { includeNew?: boolean }): DrainCounts['closeIdle']
   /**
    * closeStreams calls each stream's `close(reason)`, spread evenly over `window` ms so that
-   * clients do not all reconnect in the same instant. Resolves when every close has settled.
+   * clients do not all reconnect in the same instant. Each stream then has `timeout` ms to end
+   * (its client to take the final event and what was queued before it); a stream still open
+   * then is destroyed, counted in `cut` and as a slow consumer: a client that stopped reading
+   * cannot hold a shutdown. Resolves when every stream has ended or been destroyed, so within
+   * `window + timeout` ms (+ the time one `close()` call itself takes).
+   * @default window 0, timeout 1000 (closeStreamsTimeout)
    */
-  closeStreams (opts?: { window?: number, reason?: string }): Promise<DrainCounts['closeStreams']>
+  closeStreams (opts?: { window?: number, reason?: string, timeout?: number }): Promise<DrainCounts['closeStreams']>
   /**
    * waitForIdle resolves once no request is in flight and no stream is open, or once
    * `timeout` ms have passed, whichever comes first; `idle` tells which.
@@ -157,6 +162,14 @@ export interface ConnectionsOptions {
    * optional peer `prom-client`. null or absent: no metrics.
    */
   metrics?: MetricsOption | null
+  /**
+   * maxConcurrentStreams caps the streams one HTTP/2 session may have open at once, where the
+   * server kept Node's default (2^32 - 1: no limit); a value set in Fastify's `http2` settings is
+   * kept. What one HTTP/2 connection can hold for a client that does not read is then at most
+   * maxConcurrentStreams × the sse plugin's maxBufferedBytes (its per-stream limit); without a
+   * cap, a client could open streams without end. null: Node's default. @default 100
+   */
+  maxConcurrentStreams?: number | null
 }
 
 export type { PromRegistryLike } from './metrics.js'
@@ -187,8 +200,17 @@ class Connection implements ConnectionInfo {
   get bytesRead (): number { return this.socket.bytesRead }
   get bytesWritten (): number { return this.socket.bytesWritten }
 
+  /** closed: the socket (or the session) is destroyed. */
   get closed (): boolean {
-    return this.session === null ? this.socket.destroyed : (this.session.closed || this.session.destroyed)
+    return this.session === null ? this.socket.destroyed : this.session.destroyed
+  }
+
+  /**
+   * ending: a polite close was asked for and is under way (an HTTP/2 session that sent its
+   * GOAWAY and waits for its streams). Not closed: a stuck stream can hold it forever.
+   */
+  get ending (): boolean {
+    return this.session === null ? this.socket.writableEnded : this.session.closed
   }
 
   /** end closes the connection politely: FIN after what is queued, or GOAWAY for HTTP/2. */
@@ -197,10 +219,31 @@ class Connection implements ConnectionInfo {
     else this.socket.end()
   }
 
+  /**
+   * destroy closes the connection at once. For HTTP/2 the socket goes too: a session whose
+   * client reads nothing cannot even send its GOAWAY, and session.destroy() alone waits for
+   * that write forever.
+   */
   destroy (): void {
-    if (this.session !== null) this.session.destroy()
-    else this.socket.destroy()
+    if (this.session === null) {
+      this.socket.destroy()
+      return
+    }
+    // session.socket is a proxy that refuses destroy(); the socket itself was marked when it
+    // connected (see markRawSocket), and the proxy hands out its non-function properties
+    // (until the session lets go of its socket: read it first).
+    const raw = this.session.destroyed ? undefined : (this.socket as Socket & { [kRawSocket]?: Socket })[kRawSocket]
+    this.session.destroy()
+    if (raw !== undefined && !raw.destroyed) raw.destroy()
   }
+}
+
+// On an HTTP/2 server, the socket under a session, set on itself when it connects.
+const kRawSocket = Symbol('fastify-long-lived.connections.rawSocket')
+
+/** markRawSocket lets a session's Connection reach the socket its proxy hides. */
+function markRawSocket (socket: Socket & { [kRawSocket]?: Socket }): void {
+  socket[kRawSocket] = socket
 }
 
 /** What the registry keeps of a tracked stream. */
@@ -208,15 +251,33 @@ interface TrackedStream {
   handle: StreamHandle
   /** Its connection, when the registry knows it. */
   readonly conn: Connection | undefined
+  /** Called once when the stream is dropped (closeStreams waits for it). */
+  onDrop?: () => void
 }
 
 type AnyRequest = IncomingMessage | Http2ServerRequest
 type AnyResponse = ServerResponse | Http2ServerResponse
 
-const knownOptions = ['metrics'] as const
+/**
+ * closeStreamsTimeout (ms) is how long a stream has, by default, to take its final event once
+ * closeStreams() asked it to close: a final event is a few hundred bytes, which a reading client
+ * takes in far less; one that takes nothing in a second has stopped reading.
+ */
+export const closeStreamsTimeout = 1000
+
+/** destroyResponse ends a response at once: its HTTP/2 stream is reset, an HTTP/1.x socket destroyed. */
+function destroyResponse (res: AnyResponse): void {
+  if (res.req.httpVersionMajor === 2) (res as Http2ServerResponse).stream.destroy()
+  else (res as ServerResponse).destroy()
+}
+
+const knownOptions = ['metrics', 'maxConcurrentStreams'] as const
+
+// Node's default for an HTTP/2 session's SETTINGS_MAX_CONCURRENT_STREAMS: no limit.
+const unlimitedStreams = 2 ** 32 - 1
 
 /** createRegistry builds the registry for one server; exported for tests and embedding. */
-function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegistry, detach: () => void } {
+function createRegistry (fastify: FastifyInstance, maxConcurrentStreams: number | null): { registry: ConnectionRegistry, detach: () => void } {
   const server = fastify.server
   // Keyed by what a request can reach: its socket for HTTP/1.x, its session for HTTP/2.
   const conns = new Map<Socket | Http2Session, Connection>()
@@ -300,12 +361,15 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   function onTlsSocket (socket: Socket & { alpnProtocol?: string | false }): void {
     // An HTTP/2 secure server also emits 'secureConnection' for its h2 sockets: those are
     // tracked through their session instead.
-    if (socket.alpnProtocol === 'h2') return
-    onSocket(socket)
+    if (socket.alpnProtocol === 'h2') markRawSocket(socket)
+    else onSocket(socket)
   }
 
   function onSession (session: ServerHttp2Session): void {
     if (detached) return
+    if (maxConcurrentStreams !== null && session.localSettings.maxConcurrentStreams === unlimitedStreams) {
+      session.settings({ maxConcurrentStreams })
+    }
     add(session, new Connection(session.socket as Socket, session))
     session.on('close', onConnectionClose)
   }
@@ -349,12 +413,21 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       // While draining, a connection is closed as soon as its last response is done. A
       // response that started before draining still said keep-alive: this is the moment the
       // client would reuse it, so it is closed now rather than left to the keep-alive timer.
-      if (draining && conn.streams === 0 && !conn.closed) conn.end()
+      if (draining && conn.streams === 0 && !conn.closed && !conn.ending) conn.end()
     } else if (conn.response === res) {
       conn.request = null
       conn.response = null
     }
     notifyIfIdle()
+  }
+
+  /**
+   * destroyOne destroys a stream's response and forgets the stream now: its 'close' comes a
+   * moment later, and a closeStreams() in between must not count it again.
+   */
+  function destroyOne (res: AnyResponse): void {
+    destroyResponse(res)
+    dropStream(res)
   }
 
   /** dropStream forgets the stream of `res`, if tracked (and `handle` is its handle, when given). */
@@ -363,6 +436,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     if (s === undefined || (handle !== undefined && s.handle !== handle)) return
     streams.delete(res)
     if (s.conn !== undefined) s.conn.streams--
+    s.onDrop?.()
     notifyIfIdle()
   }
 
@@ -453,7 +527,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       let closed = 0
       const h1Idle: Connection[] = []
       for (const conn of conns.values()) {
-        if (conn.inFlight > 0 || conn.streams > 0 || conn.closed) continue
+        if (conn.inFlight > 0 || conn.streams > 0 || conn.closed || conn.ending) continue
         if (conn.session !== null) {
           conn.end() // GOAWAY
           closed++
@@ -481,21 +555,42 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
       if (!isPlainObject(opts)) throw invalid('closeStreams(opts)', 'an object', opts)
       const window = opts.window ?? 0
       const reason = opts.reason ?? 'shutdown'
+      const timeout = opts.timeout ?? closeStreamsTimeout
       if (typeof window !== 'number' || !Number.isSafeInteger(window) || window < 0) {
         throw invalid('closeStreams({ window })', 'an integer >= 0 (ms)', window)
+      }
+      if (typeof timeout !== 'number' || !Number.isSafeInteger(timeout) || timeout <= 0) {
+        throw invalid('closeStreams({ timeout })', 'a positive integer (ms)', timeout)
       }
       const list = [...streams]
       let closed = 0
       let failed = 0
+      let cut = 0
       const step = list.length > 1 ? window / (list.length - 1) : 0
       const closeOne = async ([response, s]: [AnyResponse, TrackedStream]): Promise<void> => {
         if (streams.get(response) !== s) return // its client left while it waited for its turn
+        // The stream has ended once the registry drops it (its response or connection closed),
+        // whatever close() returns: a close() that hands a final event to Node returns before
+        // the client has it, and one that waits for the client may wait forever.
+        const dropped = new Promise<'ended'>((resolve) => { s.onDrop = () => { resolve('ended') } })
+        let timer: NodeJS.Timeout | undefined
+        const deadline = new Promise<'deadline'>((resolve) => { timer = setTimeout(resolve, timeout, 'deadline') })
+        const ending = (async () => { await s.handle.close(reason); return await dropped })()
         try {
-          await s.handle.close(reason)
-          closed++
+          if (await Promise.race([ending, deadline]) === 'ended') {
+            closed++
+          } else {
+            cut++
+            slowConsumers++
+            destroyOne(response)
+          }
         } catch (err) {
           failed++
-          fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to close gracefully')
+          fastify.log.warn({ err }, 'fastify-long-lived: a stream failed to close gracefully: destroyed')
+          destroyOne(response)
+        } finally {
+          clearTimeout(timer)
+          ending.catch(() => {}) // settled or not, it has been accounted for
         }
       }
       await Promise.all(list.map((s, i) => {
@@ -505,7 +600,11 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
           setTimeout(() => { closeOne(s).then(resolve, resolve) }, delay).unref()
         })
       }))
-      return { closed, failed }
+      if (cut > 0) {
+        fastify.log.info({ cut, timeout, reason },
+          `fastify-long-lived: ${cut} stream(s) did not take its final event within ${timeout} ms (the client stopped reading): destroyed`)
+      }
+      return { closed, failed, cut }
     },
 
     waitForIdle (timeout) {
@@ -543,7 +642,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
   const h2 = fastify.initialConfig.http2 === true
   if (h2) server.on('session', onSession)
   if (tls) server.on('secureConnection', onTlsSocket)
-  else if (!h2) server.on('connection', onSocket)
+  else server.on('connection', h2 ? markRawSocket : onSocket)
   server.prependListener('request', onRequest)
 
   function detach (): void {
@@ -551,6 +650,7 @@ function createRegistry (fastify: FastifyInstance): { registry: ConnectionRegist
     server.removeListener('session', onSession)
     server.removeListener('secureConnection', onTlsSocket)
     server.removeListener('connection', onSocket)
+    server.removeListener('connection', markRawSocket)
     server.removeListener('request', onRequest)
     for (const wake of waiters) wake()
   }
@@ -574,15 +674,15 @@ const registryMetrics: Array<MetricSpec<ConnectionStats>> = [
   { type: 'counter', name: 'slow_consumers_total', help: 'Streams that met their slow-consumer policy', read: (s) => s.slowConsumers }
 ]
 
-function validate (opts: unknown): ConnectionsOptions {
+function validate (opts: unknown): ConnectionsOptions & { maxConcurrentStreams: number | null } {
   const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
   checkMetricsOption(o.metrics)
-  return o as ConnectionsOptions
+  return { ...o, maxConcurrentStreams: positiveIntOrNull('maxConcurrentStreams', o.maxConcurrentStreams, 100, 'streams per HTTP/2 session') }
 }
 
 async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOptions): Promise<void> {
   const options = validate(opts)
-  const { registry, detach } = createRegistry(fastify)
+  const { registry, detach } = createRegistry(fastify, options.maxConcurrentStreams)
   fastify.decorate('connections', registry)
   if (options.metrics != null) {
     const unregister = await registerMetrics(options.metrics, '', registryMetrics, () => [['', registry.stats()]])
@@ -590,8 +690,12 @@ async function connectionsPlugin (fastify: FastifyInstance, opts: ConnectionsOpt
   }
   // Streams are long-lived by design: without this, server.close() would wait for them forever
   // (the @fastify/sse #57 hang). The shutdown plugin closes them earlier, spread over a window.
+  // Fastify times preClose hooks out at its pluginTimeout (a timed-out hook fails the close):
+  // the streams' deadline stays well inside it.
+  const { pluginTimeout } = fastify.initialConfig as { pluginTimeout?: number }
+  const timeout = pluginTimeout !== undefined && pluginTimeout > 0 ? Math.max(1, Math.min(closeStreamsTimeout, Math.floor(pluginTimeout / 2))) : closeStreamsTimeout
   fastify.addHook('preClose', async () => {
-    if (registry.closeStreamsOnClose) await registry.closeStreams({ reason: 'server closing' })
+    if (registry.closeStreamsOnClose) await registry.closeStreams({ reason: 'server closing', timeout })
   })
   fastify.addHook('onClose', async () => { detach() })
 }

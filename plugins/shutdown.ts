@@ -43,6 +43,11 @@ export interface ShutdownOutcome {
     /** Streams ended with a final event, and those whose graceful close failed. */
     streamsClosed: number
     streamsFailed: number
+    /**
+     * Streams whose client did not take the final event within `streamCloseTimeout` (it stopped
+     * reading), destroyed. A client's doing: they do not make the outcome unclean.
+     */
+    streamsCut: number
     /** Idle connections closed when closing began. */
     idleClosed: number
     /** Requests (and streams) in flight when closing began, and those that finished by themselves. */
@@ -61,8 +66,15 @@ export interface ShutdownOptions {
    * it stops accepting. Kubernetes deployments want about 5000. @default 0
    */
   drainDelay?: number
-  /** streamDrainWindow spreads the final events of open streams over this many ms, so clients do not all reconnect at once. @default 2000 */
+  /** streamDrainWindow spreads the final events of open streams over this many ms, so clients do not all reconnect at once. 0: all at once. @default 2000 */
   streamDrainWindow?: number
+  /**
+   * streamCloseTimeout is how long (ms) each stream has to end once told to close: its client
+   * must take the final event (and what was queued before it) in that time, or the stream is
+   * destroyed and counted in `streamsCut`. Bounds what a client that stopped reading can add
+   * to a shutdown. @default 1000
+   */
+  streamCloseTimeout?: number
   /** closeTimeout is how long requests in flight get to finish once closing starts; then they are destroyed. @default 10000 */
   closeTimeout?: number
   /** hooksTimeout is the allowance for `onClose` hooks (pools, databases) in the budget check. @default 5000 */
@@ -77,7 +89,8 @@ export interface ShutdownOptions {
   signals?: boolean
   /**
    * signalDelay is close-with-grace's deadline: past it the process exits with 1 whatever is
-   * open. Must hold drainDelay + streamDrainWindow + closeTimeout + hooksTimeout. @default 25000
+   * open. Must hold drainDelay + streamDrainWindow + streamCloseTimeout + closeTimeout +
+   * hooksTimeout. @default 25000
    */
   signalDelay?: number
   /** terminationGracePeriod is the orchestrator's grace period (Kubernetes: 30000); signalDelay must fit inside it. null: not checked. @default null */
@@ -111,7 +124,7 @@ declare module 'fastify' {
 }
 
 const knownOptions = [
-  'drainDelay', 'streamDrainWindow', 'closeTimeout', 'hooksTimeout', 'errorCloseTimeout', 'signals',
+  'drainDelay', 'streamDrainWindow', 'streamCloseTimeout', 'closeTimeout', 'hooksTimeout', 'errorCloseTimeout', 'signals',
   'signalDelay', 'terminationGracePeriod', 'readinessPath', 'livenessPath'
 ] as const
 
@@ -128,6 +141,7 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
   const r: Required<ShutdownOptions> = {
     drainDelay: nonNegativeInt('drainDelay', o.drainDelay, 0),
     streamDrainWindow: nonNegativeInt('streamDrainWindow', o.streamDrainWindow, 2e3),
+    streamCloseTimeout: positiveInt('streamCloseTimeout', o.streamCloseTimeout, 1e3, 'ms'),
     closeTimeout: positiveInt('closeTimeout', o.closeTimeout, 10e3, 'ms'),
     hooksTimeout: nonNegativeInt('hooksTimeout', o.hooksTimeout, 5e3),
     errorCloseTimeout: positiveInt('errorCloseTimeout', o.errorCloseTimeout, 3e3, 'ms'),
@@ -137,8 +151,9 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
     readinessPath: pathOption('readinessPath', o.readinessPath),
     livenessPath: pathOption('livenessPath', o.livenessPath)
   }
-  const sum = r.drainDelay + r.streamDrainWindow + r.closeTimeout + r.hooksTimeout
-  const parts = `drainDelay ${r.drainDelay} + streamDrainWindow ${r.streamDrainWindow} + closeTimeout ${r.closeTimeout} + hooksTimeout ${r.hooksTimeout} = ${sum} ms`
+  const sum = r.drainDelay + r.streamDrainWindow + r.streamCloseTimeout + r.closeTimeout + r.hooksTimeout
+  const parts = `drainDelay ${r.drainDelay} + streamDrainWindow ${r.streamDrainWindow} + streamCloseTimeout ${r.streamCloseTimeout} + ` +
+    `closeTimeout ${r.closeTimeout} + hooksTimeout ${r.hooksTimeout} = ${sum} ms`
   if (r.signals && sum > r.signalDelay) {
     throw new FLL_ERR_SHUTDOWN_BUDGET(`${parts}, more than signalDelay ${r.signalDelay} ms: raise signalDelay or lower the others`)
   }
@@ -150,6 +165,18 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
     }
   }
   return Object.freeze(r)
+}
+
+/**
+ * checkPluginTimeout refuses a streamCloseTimeout that Fastify's pluginTimeout would cut: the
+ * streams still open at fastify.close() are ended in a preClose hook, which Fastify times out
+ * (the rest of the closing phase is not waited for inside one).
+ */
+function checkPluginTimeout (r: Readonly<Required<ShutdownOptions>>, pluginTimeout: number): void {
+  if (pluginTimeout > 0 && r.streamCloseTimeout >= pluginTimeout) {
+    throw new FLL_ERR_SHUTDOWN_BUDGET(`streamCloseTimeout ${r.streamCloseTimeout} ms, not less than Fastify's pluginTimeout ${pluginTimeout} ms, ` +
+      'which times the preClose hook that ends the streams: lower streamCloseTimeout or raise pluginTimeout (0 disables it)')
+  }
 }
 
 // How long (ms) a connection that has sent nothing yet gets, once the listener is closed, before
@@ -177,6 +204,7 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
   #state: LifecycleState = 'running'
   #resolveDone!: (outcome: ShutdownOutcome) => void
   #shutdown: Promise<ShutdownOutcome> | null = null
+  #closing: Promise<void> | null = null
   #forced = new AbortController()
   #startedAt = 0
   #drainingAt = 0
@@ -186,7 +214,7 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
   #error: Error | null = null
   #failures: string[] = []
   #counts: ShutdownOutcome['counts'] = {
-    streamsClosed: 0, streamsFailed: 0, idleClosed: 0, inFlightAtClose: 0, inFlightFinished: 0, destroyed: 0
+    streamsClosed: 0, streamsFailed: 0, streamsCut: 0, idleClosed: 0, inFlightAtClose: 0, inFlightFinished: 0, destroyed: 0
   }
 
   constructor (fastify: FastifyInstance, options: Readonly<Required<ShutdownOptions>>) {
@@ -250,20 +278,39 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
 
   async #closeStreams (window: number): Promise<void> {
     const started = performance.now()
-    const { closed, failed } = await this.#fastify.connections.closeStreams({ window, reason: 'shutdown' })
+    const timeout = this.options.streamCloseTimeout
+    const { closed, failed, cut } = await this.#fastify.connections.closeStreams({ window, reason: 'shutdown', timeout })
     this.#counts.streamsClosed += closed
     this.#counts.streamsFailed += failed
+    this.#counts.streamsCut += cut
     if (failed > 0) this.#failures.push(`${failed} stream(s) failed to close gracefully`)
-    this.#fastify.log.info({ lifecycle: 'draining', streamsClosed: closed, streamsFailed: failed, window, durationMs: Math.round(performance.now() - started) },
-      'fastify-long-lived: streams told to reconnect elsewhere')
+    this.#fastify.log.info({
+      lifecycle: 'draining', streamsClosed: closed, streamsFailed: failed, streamsCut: cut, window, streamCloseTimeout: timeout, durationMs: Math.round(performance.now() - started)
+    }, 'fastify-long-lived: streams told to reconnect elsewhere')
   }
 
-  /** The closing phase, run from preClose whether the shutdown started here or fastify.close() was called directly. */
-  async close (): Promise<void> {
+  /**
+   * startClosing runs from preClose, whether the shutdown started here or fastify.close() was
+   * called directly: it ends the streams still open (within streamCloseTimeout), then starts
+   * the closing phase without waiting for it; closingDone() waits for it, from onClose.
+   * Fastify times preClose hooks out at its pluginTimeout (10 s by default: less than
+   * closeTimeout may be), and onClose hooks are not timed. server.close(), which Fastify calls
+   * right after preClose, waits for the connections that the closing phase ends by its deadline.
+   */
+  async startClosing (): Promise<void> {
     if (this.#state === 'closing' || this.#state === 'closed') return
-    const registry = this.#fastify.connections
     if (this.#state === 'running') this.drain() // fastify.close() called directly
-    if (registry.stats().streams > 0) await this.#closeStreams(0)
+    if (this.#fastify.connections.stats().streams > 0) await this.#closeStreams(0)
+    this.#closing ??= this.#close()
+  }
+
+  /** closingDone resolves once the closing phase has ended (at once if it never started). */
+  async closingDone (): Promise<void> {
+    await this.#closing
+  }
+
+  async #close (): Promise<void> {
+    const registry = this.#fastify.connections
     this.#closingAt = performance.now()
     this.#enter('closing')
     const forced = this.#forced.signal
@@ -376,6 +423,7 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
 
 async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions): Promise<void> {
   const options = resolveOptions(opts)
+  checkPluginTimeout(options, (fastify.initialConfig as { pluginTimeout?: number }).pluginTimeout ?? 0)
   const lifecycle = new LifecycleImpl(fastify, options)
   fastify.decorate('lifecycle', lifecycle as Lifecycle)
   // This plugin ends the streams itself during close (and counts them): the registry's own
@@ -392,12 +440,15 @@ async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions):
     fastify.get(options.livenessPath, async () => ({ status: 'alive', lifecycle: lifecycle.state }))
   }
 
-  fastify.addHook('preClose', async () => { await lifecycle.close() })
+  fastify.addHook('preClose', async () => { await lifecycle.startClosing() })
   // When fastify.close() is called directly, the outcome is settled here. onClose hooks run in
   // reverse order of registration: register this plugin before the plugins it should outlast
   // (pools, databases), right after connections. A shutdown() settles the outcome itself once
   // fastify.close() has returned, every hook included.
-  fastify.addHook('onClose', async () => { if (!lifecycle.shuttingDown) lifecycle.finish(null) })
+  fastify.addHook('onClose', async () => {
+    await lifecycle.closingDone()
+    if (!lifecycle.shuttingDown) lifecycle.finish(null)
+  })
 
   if (options.signals) {
     const handle = closeWithGrace({

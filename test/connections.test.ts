@@ -146,7 +146,7 @@ test('trackStream: a streaming response is counted, closed gracefully, and dropp
   t.match(app.connections.stats(), { streams: 1, active: 1, inFlight: 1 })
 
   const result = await app.connections.closeStreams({ reason: 'test' })
-  t.same(result, { closed: 1, failed: 0 })
+  t.same(result, { closed: 1, failed: 0, cut: 0 })
   await waitUntil(() => received.text().includes('bye: test'), 5000, 'the final chunk')
   await waitUntil(() => app.connections.stats().streams === 0)
   t.match(app.connections.stats(), { streams: 0, inFlight: 0 })
@@ -228,7 +228,7 @@ test('closeStreams spreads the closes over the window', async (t) => {
   t.equal(app.connections.stats().streams, 4)
   const start = Date.now()
   const result = await app.connections.closeStreams({ window: 300 })
-  t.same(result, { closed: 4, failed: 0 })
+  t.same(result, { closed: 4, failed: 0, cut: 0 })
   closedAt.sort((x, y) => x - y)
   t.ok(closedAt[0]! - start < 100, 'the first close is immediate')
   t.ok(closedAt[3]! - start >= 250, `the last close waits for the window (${closedAt[3]! - start} ms)`)
@@ -363,7 +363,9 @@ test('options are validated at register time', async (t) => {
     [{ metrics: { registry: {} } }, 'metrics.registry'],
     [{ metrics: { registry: new Registry(), prefix: '1bad' } }, 'metrics.prefix'],
     [{ metrics: 'yes' }, 'metrics'],
-    [{ metric: null }, 'metric']
+    [{ metric: null }, 'metric'],
+    [{ maxConcurrentStreams: 0 }, 'maxConcurrentStreams'],
+    [{ maxConcurrentStreams: 1.5 }, 'maxConcurrentStreams']
   ] as const) {
     const app = build(t)
     await t.rejects(async () => { await app.register(connections, opts as never).ready() }, { code: 'FLL_ERR_INVALID_OPTION', message: new RegExp(`'${name.replace('.', '\\.')}'`) })
@@ -391,4 +393,52 @@ test('HTTP/2: sessions are tracked, streams counted as requests, idle sessions c
   t.same(app.connections.closeIdle(), { closed: 1 })
   await waitFor(session, 'close')
   await waitUntil(() => app.connections.stats().open === 0, 5000, 'the session entry to go')
+})
+
+test('HTTP/2: each session is capped at maxConcurrentStreams (100 by default), so maxBufferedBytes per stream bounds a connection', async (t) => {
+  for (const [opts, expected] of [[{}, 100], [{ maxConcurrentStreams: 3 }, 3], [{ maxConcurrentStreams: null }, 2 ** 32 - 1]] as const) {
+    const app = build(t, { http2: true } as never)
+    await app.register(connections, opts)
+    const port = await listen(app)
+    const session = http2.connect(`http://127.0.0.1:${port}`)
+    t.teardown(() => session.destroy())
+    // The server's first SETTINGS has Node's default; ours follows it.
+    await waitUntil(() => session.remoteSettings?.maxConcurrentStreams === expected, 5000, `maxConcurrentStreams ${expected}`)
+    t.pass(`${JSON.stringify(opts)}: the client is told ${expected}`)
+    session.destroy()
+    await app.close()
+  }
+})
+
+test('closeStreams: a stream still open at its deadline is destroyed and counted as cut; one whose close() throws is destroyed and counted as failed', async (t) => {
+  const app = build(t)
+  await app.register(connections)
+  let n = 0
+  app.get('/stream', (_req, reply) => {
+    reply.hijack()
+    reply.raw.writeHead(200)
+    reply.raw.write('open\n')
+    // The first stream ignores close() (as one whose client never takes its final event); the second throws.
+    const which = n++
+    app.connections.trackStream(reply, { close () { if (which === 1) throw new Error('no') } })
+  })
+  const port = await listen(app)
+  const clients = []
+  for (let i = 0; i < 2; i++) {
+    const socket = await connect(t, port)
+    const received = collect(socket)
+    socket.write(get('/stream'))
+    await waitUntil(() => received.text().includes('open'), 5000, 'a stream')
+    clients.push(received)
+  }
+  const start = Date.now()
+  const result = await withDeadline(app.connections.closeStreams({ timeout: 200 }), 2000, 'closeStreams()')
+  const took = Date.now() - start
+  t.same(result, { closed: 0, failed: 1, cut: 1 })
+  t.ok(took >= 190 && took < 1500, `resolved at the deadline (${took} ms)`)
+  await withDeadline(Promise.all(clients.map((c) => c.closed)), 1000, 'both connections to be destroyed')
+  t.match(app.connections.stats(), { streams: 0, slowConsumers: 1 })
+  for (const timeout of [0, -1, 1.5, '1s']) {
+    await t.rejects(app.connections.closeStreams({ timeout: timeout as number }), { code: 'FLL_ERR_INVALID_OPTION', message: /closeStreams\(\{ timeout \}\)/ })
+  }
 })

@@ -1,12 +1,10 @@
 import { test, type Test } from 'tap'
-import { fork, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { EventSource } from 'eventsource'
 import { Client, request } from 'undici'
 import shutdown, { resolveOptions, type ShutdownOptions, type ShutdownOutcome } from '../plugins/shutdown.js'
 import { collect, connect, deferred, get, listen, waitUntil, withDeadline } from './helpers.js'
 import { openStream, sseApp } from './sse-helpers.js'
+import { fixture } from './shutdown-fixture.js'
 
 async function shutdownApp (t: Test, opts: ShutdownOptions = {}, sseOpts = {}) {
   const built = await sseApp(t, sseOpts)
@@ -17,14 +15,14 @@ async function shutdownApp (t: Test, opts: ShutdownOptions = {}, sseOpts = {}) {
 test('options and budget are checked at register time', async (t) => {
   t.throws(() => resolveOptions({ drainDelay: 10e3, closeTimeout: 20e3, signalDelay: 25e3 }), {
     code: 'FLL_ERR_SHUTDOWN_BUDGET',
-    message: /drainDelay 10000 \+ streamDrainWindow 2000 \+ closeTimeout 20000 \+ hooksTimeout 5000 = 37000 ms, more than signalDelay 25000 ms/
+    message: /drainDelay 10000 \+ streamDrainWindow 2000 \+ streamCloseTimeout 1000 \+ closeTimeout 20000 \+ hooksTimeout 5000 = 38000 ms, more than signalDelay 25000 ms/
   })
   t.throws(() => resolveOptions({ signalDelay: 40e3, terminationGracePeriod: 30e3 }), {
     code: 'FLL_ERR_SHUTDOWN_BUDGET',
     message: /signalDelay 40000 ms, more than terminationGracePeriod 30000 ms/
   })
-  t.throws(() => resolveOptions({ signals: false, closeTimeout: 40e3, terminationGracePeriod: 30e3 }), { code: 'FLL_ERR_SHUTDOWN_BUDGET', message: /= 47000 ms, more than terminationGracePeriod/ })
-  t.ok(resolveOptions({ drainDelay: 5e3, terminationGracePeriod: 30e3 }), 'a Kubernetes setup fits: 5 + 2 + 10 + 5 <= 25 <= 30 s')
+  t.throws(() => resolveOptions({ signals: false, closeTimeout: 40e3, terminationGracePeriod: 30e3 }), { code: 'FLL_ERR_SHUTDOWN_BUDGET', message: /= 48000 ms, more than terminationGracePeriod/ })
+  t.ok(resolveOptions({ drainDelay: 5e3, terminationGracePeriod: 30e3 }), 'a Kubernetes setup fits: 5 + 2 + 1 + 10 + 5 <= 25 <= 30 s')
   for (const [opts, name] of [
     [{ drainDelay: -1 }, 'drainDelay'], [{ closeTimeout: 0 }, 'closeTimeout'], [{ signals: 'yes' }, 'signals'],
     [{ readinessPath: 'readyz' }, 'readinessPath'], [{ terminationGracePeriod: '30s' }, 'terminationGracePeriod'], [{ grace: 1 }, 'grace']
@@ -159,23 +157,6 @@ test('fastify.close() called directly with streams and requests in flight: nothi
   t.match(outcome.failures.join(), /1 request\(s\) or stream\(s\) still busy after 300 ms were destroyed/)
   t.equal(app.lifecycle.state, 'closed')
 })
-
-/** Forks the signal fixture, resolves once it listens; collects its JSON log lines. */
-async function fixture (t: Test, options: ShutdownOptions = {}): Promise<{ child: ChildProcess, port: number, logs: () => Array<Record<string, unknown>>, exited: Promise<[number | null, string | null]> }> {
-  const child = fork(fileURLToPath(new URL('./fixtures/shutdown-server.ts', import.meta.url)), {
-    execArgv: process.execArgv,
-    env: { ...process.env, SHUTDOWN_OPTIONS: JSON.stringify(options) },
-    stdio: ['ignore', 'pipe', 'inherit', 'ipc']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let out = ''
-  child.stdout!.setEncoding('utf8')
-  child.stdout!.on('data', (chunk: string) => { out += chunk })
-  const exited = once(child, 'exit') as Promise<[number | null, string | null]>
-  const [{ port }] = await withDeadline(once(child, 'message') as Promise<[{ port: number }]>, 30000, 'the fixture to listen')
-  const logs = (): Array<Record<string, unknown>> => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
-  return { child, port, logs, exited }
-}
 
 test('SIGTERM: drains, closes, logs each phase once with counts, exits 0', async (t) => {
   const { child, port, logs, exited } = await fixture(t, { drainDelay: 300, streamDrainWindow: 200, closeTimeout: 2000, signalDelay: 8000 })

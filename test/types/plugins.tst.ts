@@ -11,7 +11,7 @@ test('connections decorator', () => {
   expect(app.connections.stats()).type.toBe<ConnectionStats>()
   expect(app.connections.stats().reusedRatio).type.toBe<number>()
   expect(app.connections.draining).type.toBe<boolean>()
-  expect(app.connections.closeStreams({ window: 1000 })).type.toBe<Promise<{ closed: number, failed: number }>>()
+  expect(app.connections.closeStreams({ window: 1000 })).type.toBe<Promise<{ closed: number, failed: number, cut: number }>>()
   expect(app.connections.waitForIdle(1000)).type.toBe<Promise<{ idle: boolean, active: number, streams: number }>>()
   expect(app.connections.forEach).type.toBeCallableWith((info: ConnectionInfo) => { expect(info.request).type.toBe<import('node:http').IncomingMessage | null>() })
   expect(app.connections.recordSlowClient).type.toBeCallableWith('consumer')

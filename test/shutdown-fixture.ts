@@ -1,0 +1,27 @@
+/**
+ * fixture forks test/fixtures/shutdown-server.ts (connections + sse + shutdown with signals on)
+ * for the signal tests, and collects its JSON log lines.
+ */
+import { fork, type ChildProcess } from 'node:child_process'
+import { once } from 'node:events'
+import { fileURLToPath } from 'node:url'
+import type { Test } from 'tap'
+import type { ShutdownOptions } from '../plugins/shutdown.js'
+import { withDeadline } from './helpers.js'
+
+/** Forks the signal fixture, resolves once it listens; collects its JSON log lines. */
+export async function fixture (t: Test, options: ShutdownOptions = {}): Promise<{ child: ChildProcess, port: number, logs: () => Array<Record<string, unknown>>, exited: Promise<[number | null, string | null]> }> {
+  const child = fork(fileURLToPath(new URL('./fixtures/shutdown-server.ts', import.meta.url)), {
+    execArgv: process.execArgv,
+    env: { ...process.env, SHUTDOWN_OPTIONS: JSON.stringify(options) },
+    stdio: ['ignore', 'pipe', 'inherit', 'ipc']
+  })
+  t.teardown(() => { child.kill('SIGKILL') })
+  let out = ''
+  child.stdout!.setEncoding('utf8')
+  child.stdout!.on('data', (chunk: string) => { out += chunk })
+  const exited = once(child, 'exit') as Promise<[number | null, string | null]>
+  const [{ port }] = await withDeadline(once(child, 'message') as Promise<[{ port: number }]>, 30000, 'the fixture to listen')
+  const logs = (): Array<Record<string, unknown>> => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
+  return { child, port, logs, exited }
+}
