@@ -28,7 +28,7 @@ test('a stream: headers, status, kept headers, events in order, ended when the h
     'content-type': 'text/event-stream; charset=utf-8',
     'cache-control': 'no-cache, no-transform',
     'x-accel-buffering': 'no',
-    connection: 'keep-alive',
+    connection: 'close',
     'access-control-allow-origin': '*'
   })
   await withDeadline(s.ended, 5000, 'the end of the stream')

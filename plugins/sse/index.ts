@@ -24,7 +24,12 @@ export type { SseSource, StreamSink, Subscribable } from './stream.js'
 
 /** Settings a route may override with `sse: { ... }`. */
 export interface SseRouteSettings {
-  /** heartbeatInterval (ms) between comment lines that keep proxies from closing a quiet stream. null disables. @default 15000 */
+  /**
+   * heartbeatInterval (ms) of silence after which a comment line is sent, so proxies do not close
+   * a quiet stream: two writes on a stream are at most heartbeatInterval apart, plus timer
+   * lateness, and about 3/4 of it at least. Keep it below the proxy's read/idle timeout. null disables.
+   * @default 15000
+   */
   heartbeatInterval?: number | null
   /**
    * maxBufferedBytes is how much may wait for one client (our queue plus Node's) while its socket

@@ -230,8 +230,17 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     delete headers['content-length']
     delete headers['transfer-encoding']
     const http2 = reply.request.raw.httpVersionMajor >= 2
-    if (http2) delete headers.connection // connection-specific headers are forbidden in HTTP/2
-    else headers.connection ??= 'keep-alive'
+    if (http2) {
+      delete headers.connection // connection-specific headers are forbidden in HTTP/2
+    } else {
+      // Over HTTP/1.x the connection closes after the stream. A connection that carried a stream
+      // is a poor candidate for reuse: a proxy keeping upstream connections alive (nginx
+      // `keepalive`) would put one the server just ended back in its pool, the server then
+      // closes it, and the request the proxy sends on it next fails (a 502 for a POST). Node
+      // also keeps the socket for keepAliveTimeout when told `keep-alive`, even after a client's
+      // `Connection: close`. A value set with reply.header() is the user's choice and is kept.
+      headers.connection ??= 'close'
+    }
     // Hijack before writing: from here Fastify no longer owns the response, so its
     // handlerTimeout cannot cut the stream; our own lifetime limits replace it.
     reply.hijack()
@@ -572,11 +581,11 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     this.#lifetimeTimer = null
   }
 
-  /** heartbeat (HeartbeatTarget, called by the app's heartbeat timer) sends a comment after `interval` ms of silence. */
-  heartbeat (now: number, interval: number): void {
+  /** heartbeat (HeartbeatTarget, called by the app's heartbeat timer) sends a comment after `silence` ms without a write. */
+  heartbeat (now: number, silence: number): void {
     // Skipped while data flows (it is a heartbeat already) and while the socket is backed up
     // (a heartbeat would only pile up behind what the client is not reading).
-    if (this.#state === 'open' && now - this.#lastWriteAt >= interval - 1 && this.bufferedBytes === 0) this.#enqueue(heartbeat)
+    if (this.#state === 'open' && now - this.#lastWriteAt >= silence && this.bufferedBytes === 0) this.#enqueue(heartbeat)
   }
 
   /** #closed runs once, when the response closes: the client left, or the stream ended. */
