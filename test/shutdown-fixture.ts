@@ -21,7 +21,10 @@ export async function fixture (t: Test, options: ShutdownOptions = {}): Promise<
   child.stdout!.setEncoding('utf8')
   child.stdout!.on('data', (chunk: string) => { out += chunk })
   const exited = once(child, 'exit') as Promise<[number | null, string | null]>
-  const [{ port }] = await withDeadline(once(child, 'message') as Promise<[{ port: number }]>, 30000, 'the fixture to listen')
+  // A fixture that fails at boot (a bad option) exits: fail at once rather than at the deadline.
+  const failed = exited.then(([code]) => { throw new Error(`the fixture exited with ${code} before listening`) })
+  const [{ port }] = await withDeadline(Promise.race([once(child, 'message') as Promise<[{ port: number }]>, failed]), 30000, 'the fixture to listen')
+  failed.catch(() => {})
   const logs = (): Array<Record<string, unknown>> => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   return { child, port, logs, exited }
 }
