@@ -5,7 +5,8 @@
  * - draining (a signal, or lifecycle.drain()): readiness answers 503, every response carries
  *   `Connection: close` and its connection closes when it is done; the listener stays open for
  *   `drainDelay` so load balancers take the instance out first; then the streams get a final
- *   event with a jittered `retry`, spread over `streamDrainWindow`.
+ *   event with a jittered `retry`, spread over `streamDrainWindow`; a stream whose client has
+ *   not taken it within `streamCloseTimeout` (it stopped reading) is destroyed.
  * - closing (fastify.close()): the listener closes, idle connections close at once, requests
  *   in flight get until `closeTimeout`, stragglers are destroyed and counted; only then do the
  *   `onClose` hooks run (pools, databases, the upstream client).
@@ -31,7 +32,11 @@ export type ShutdownCause = 'signal' | 'error' | 'manual' | 'close'
 
 /** What a finished shutdown reports. */
 export interface ShutdownOutcome {
-  /** True when everything closed on its own: no straggler destroyed, no stream or hook failed, not caused by an error. */
+  /**
+   * True when everything closed on its own: no request destroyed at closeTimeout, no stream or
+   * hook failed, not forced, not caused by an error. Streams cut because their client stopped
+   * reading (`counts.streamsCut`) do not count against it.
+   */
   clean: boolean
   cause: ShutdownCause
   signal: string | null

@@ -137,12 +137,11 @@ test('SIGTERM with a stalled SSE reader: exit 0 within drainDelay + streamDrainW
   t.ok(logs().some((l) => /did not take its final event/.test(String(l.msg))), 'the cut is logged')
 })
 
-test('HTTP/2: a paused stream (browser-like windows) is destroyed at the write deadline; the session does not hold the shutdown', async (t) => {
-  const streaming = await streamingApp(t, { streamDrainWindow: 0, streamCloseTimeout, closeTimeout: 1000 }, { http2: true } as never)
-  const { app } = streaming
-  const port = await listen(app)
-  // Chrome's windows: 6 MB per stream, 15 MB per connection.
-  const session = http2.connect(`http://127.0.0.1:${port}`, { settings: { initialWindowSize: 6 * 1024 * 1024 } })
+/** h2Events opens /events over HTTP/2 with a browser's flow-control windows (Chrome: 6 MB per stream, 15 MB per connection). */
+async function h2Events (t: Test, port: number): Promise<{ socket: net.Socket, stream: http2.ClientHttp2Stream }> {
+  const socket = net.connect({ port, host: '127.0.0.1' })
+  t.teardown(() => { socket.destroy() })
+  const session = http2.connect(`http://127.0.0.1:${port}`, { createConnection: () => socket, settings: { initialWindowSize: 6 * 1024 * 1024 } })
   t.teardown(() => { session.destroy() })
   session.on('error', () => {})
   await withDeadline(new Promise((resolve) => session.once('connect', resolve)), 5000, 'the session')
@@ -150,6 +149,14 @@ test('HTTP/2: a paused stream (browser-like windows) is destroyed at the write d
   const stream = session.request({ ':path': '/events', accept: 'text/event-stream' })
   stream.on('error', () => {})
   await withDeadline(new Promise((resolve) => stream.once('response', resolve)), 5000, 'the response')
+  return { socket, stream }
+}
+
+test('HTTP/2: a paused stream (browser-like windows) is destroyed at the write deadline; the session does not hold the shutdown', async (t) => {
+  const streaming = await streamingApp(t, { streamDrainWindow: 0, streamCloseTimeout, closeTimeout: 1000 }, { http2: true } as never)
+  const { app } = streaming
+  const port = await listen(app)
+  const { stream } = await h2Events(t, port)
   stream.pause()
   const streamClosed = new Promise((resolve) => { stream.once('close', resolve) })
   await fill(t, streaming)
@@ -164,16 +171,7 @@ test('HTTP/2: a client that reads nothing at all: its session, which cannot even
   const streaming = await streamingApp(t, { streamDrainWindow: 0, streamCloseTimeout, closeTimeout: 500 }, { http2: true } as never)
   const { app } = streaming
   const port = await listen(app)
-  const socket = net.connect({ port, host: '127.0.0.1' })
-  t.teardown(() => { socket.destroy() })
-  const session = http2.connect(`http://127.0.0.1:${port}`, { createConnection: () => socket, settings: { initialWindowSize: 6 * 1024 * 1024 } })
-  t.teardown(() => { session.destroy() })
-  session.on('error', () => {})
-  await withDeadline(new Promise((resolve) => session.once('connect', resolve)), 5000, 'the session')
-  session.setLocalWindowSize(15 * 1024 * 1024)
-  const stream = session.request({ ':path': '/events', accept: 'text/event-stream' })
-  stream.on('error', () => {})
-  await withDeadline(new Promise((resolve) => stream.once('response', resolve)), 5000, 'the response')
+  const { socket } = await h2Events(t, port)
   socket.pause() // the whole connection stops reading, as a phone that lost its network
   await fill(t, streaming)
   const outcome = await withDeadline(app.lifecycle.shutdown(), streamCloseTimeout + 500 + margin, 'shutdown()')
