@@ -27,6 +27,31 @@ import { fastifyRegisterKeys, invalid, nonNegativeInt, objectOption, positiveInt
 /** The states of the lifecycle, in order. */
 export type LifecycleState = 'running' | 'draining' | 'closing' | 'closed'
 
+/** The signals the shutdown plugin can handle (`signals: true` is SIGTERM and SIGINT). */
+export type ShutdownSignal = 'SIGTERM' | 'SIGINT' | 'SIGHUP' | 'SIGQUIT' | 'SIGUSR2'
+
+const shutdownSignals: readonly ShutdownSignal[] = ['SIGTERM', 'SIGINT', 'SIGHUP', 'SIGQUIT', 'SIGUSR2']
+const defaultSignals: readonly ShutdownSignal[] = Object.freeze(['SIGTERM', 'SIGINT'] as const)
+
+// Every signal close-with-grace handles unless skipped. A Record, so that a signal added to its
+// type is a type error here rather than a signal silently handled.
+const closeWithGraceSignals = Object.keys({
+  SIGHUP: 1, SIGINT: 1, SIGQUIT: 1, SIGILL: 1, SIGTRAP: 1, SIGABRT: 1, SIGBUS: 1, SIGFPE: 1, SIGSEGV: 1, SIGUSR2: 1, SIGTERM: 1
+} satisfies Record<closeWithGrace.Signals, 1>) as closeWithGrace.Signals[]
+
+/**
+ * signalsOption resolves `signals` to the list handled, frozen; [] when off. Not SIGUSR2 by
+ * default: nodemon sends it to restart, and a library must not turn that into a shutdown.
+ */
+function signalsOption (value: unknown): readonly ShutdownSignal[] {
+  if (value === undefined || value === true) return defaultSignals
+  if (value === false) return Object.freeze([])
+  if (!Array.isArray(value) || value.length === 0 || value.some((v) => !shutdownSignals.includes(v))) {
+    throw invalid('signals', `a boolean, or a non-empty array of ${shutdownSignals.join(', ')}`, value)
+  }
+  return Object.freeze([...new Set(value as ShutdownSignal[])])
+}
+
 /** Why the shutdown started. */
 export type ShutdownCause = 'signal' | 'error' | 'manual' | 'close'
 
@@ -87,11 +112,13 @@ export interface ShutdownOptions {
   /** errorCloseTimeout replaces closeTimeout (and skips drainDelay and the stream window) when a crash starts the shutdown. @default 3000 */
   errorCloseTimeout?: number
   /**
-   * signals installs close-with-grace for SIGTERM, SIGINT, uncaughtException and
-   * unhandledRejection; it exits the process once the shutdown is done (0 when clean, else 1).
-   * false when the host owns signals: call `fastify.lifecycle.shutdown()` yourself. @default true
+   * signals installs close-with-grace for these signals (true: SIGTERM and SIGINT, what
+   * orchestrators and Ctrl-C send), uncaughtException and unhandledRejection; it exits the
+   * process once the shutdown is done (0 when clean, else 1). A natural exit (the event loop
+   * runs empty) is never delayed. false when the host owns signals: call
+   * `fastify.lifecycle.shutdown()` yourself. @default true
    */
-  signals?: boolean
+  signals?: boolean | readonly ShutdownSignal[]
   /**
    * signalDelay is close-with-grace's deadline: past it the process exits with 1 whatever is
    * open. Must hold drainDelay + streamDrainWindow + streamCloseTimeout + closeTimeout +
@@ -142,7 +169,6 @@ function pathOption (name: string, value: unknown): string | null {
 /** resolveOptions validates the options, checks the budget, and returns a frozen resolved copy. */
 export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOptions>> {
   const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
-  if (o.signals !== undefined && typeof o.signals !== 'boolean') throw invalid('signals', 'a boolean', o.signals)
   const r: Required<ShutdownOptions> = {
     drainDelay: nonNegativeInt('drainDelay', o.drainDelay, 0),
     streamDrainWindow: nonNegativeInt('streamDrainWindow', o.streamDrainWindow, 2e3),
@@ -150,7 +176,7 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
     closeTimeout: positiveInt('closeTimeout', o.closeTimeout, 10e3, 'ms'),
     hooksTimeout: nonNegativeInt('hooksTimeout', o.hooksTimeout, 5e3),
     errorCloseTimeout: positiveInt('errorCloseTimeout', o.errorCloseTimeout, 3e3, 'ms'),
-    signals: o.signals ?? true,
+    signals: signalsOption(o.signals),
     signalDelay: positiveInt('signalDelay', o.signalDelay, 25e3, 'ms'),
     terminationGracePeriod: positiveIntOrNull('terminationGracePeriod', o.terminationGracePeriod, null, 'ms'),
     readinessPath: pathOption('readinessPath', o.readinessPath),
@@ -159,12 +185,13 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
   const sum = r.drainDelay + r.streamDrainWindow + r.streamCloseTimeout + r.closeTimeout + r.hooksTimeout
   const parts = `drainDelay ${r.drainDelay} + streamDrainWindow ${r.streamDrainWindow} + streamCloseTimeout ${r.streamCloseTimeout} + ` +
     `closeTimeout ${r.closeTimeout} + hooksTimeout ${r.hooksTimeout} = ${sum} ms`
-  if (r.signals && sum > r.signalDelay) {
+  const signals = r.signals as readonly ShutdownSignal[]
+  if (signals.length > 0 && sum > r.signalDelay) {
     throw new FLL_ERR_SHUTDOWN_BUDGET(`${parts}, more than signalDelay ${r.signalDelay} ms: raise signalDelay or lower the others`)
   }
   if (r.terminationGracePeriod !== null) {
-    const outer = r.signals ? r.signalDelay : sum
-    const what = r.signals ? `signalDelay ${r.signalDelay} ms` : parts
+    const outer = signals.length > 0 ? r.signalDelay : sum
+    const what = signals.length > 0 ? `signalDelay ${r.signalDelay} ms` : parts
     if (outer > r.terminationGracePeriod) {
       throw new FLL_ERR_SHUTDOWN_BUDGET(`${what}, more than terminationGracePeriod ${r.terminationGracePeriod} ms: the orchestrator would kill the process first`)
     }
@@ -455,9 +482,13 @@ async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions):
     if (!lifecycle.shuttingDown) lifecycle.finish(null)
   })
 
-  if (options.signals) {
+  const signals = options.signals as readonly ShutdownSignal[]
+  if (signals.length > 0) {
     const handle = closeWithGrace({
       delay: options.signalDelay,
+      // close-with-grace handles every signal it knows, and the process's natural exit
+      // ('beforeExit'), unless skipped: keep only the chosen signals, and never delay an exit.
+      skip: [...closeWithGraceSignals.filter((name) => !signals.includes(name as ShutdownSignal)), 'beforeExit'],
       logger: { error: (msg: unknown) => { fastify.log.error(msg as object) } },
       onSecondSignal (signal) { lifecycle.forceClose(`second ${signal}`) },
       onSecondError (err) { fastify.log.error({ err }, 'fastify-long-lived: another error while shutting down'); lifecycle.forceClose('second error') },

@@ -5,10 +5,13 @@
  */
 import { test, type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
+import { fork } from 'node:child_process'
+import { once } from 'node:events'
 import http2 from 'node:http2'
 import net from 'node:net'
+import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
-import shutdown, { type ShutdownOptions } from '../plugins/shutdown.js'
+import shutdown, { resolveOptions, type ShutdownOptions } from '../plugins/shutdown.js'
 import { collect, connect, deferred, get, listen, waitUntil, withDeadline } from './helpers.js'
 import { openStream, sseApp, type StreamClient } from './sse-helpers.js'
 import { fixture } from './shutdown-fixture.js'
@@ -255,4 +258,30 @@ test('the boot check refuses a streamCloseTimeout that Fastify\'s pluginTimeout 
   const { app: off } = await sseApp(t, {}, { pluginTimeout: 0 })
   await off.register(shutdown, { signals: false, streamCloseTimeout: 60e3, signalDelay: 90e3 })
   t.equal(off.lifecycle.options.streamCloseTimeout, 60e3, 'pluginTimeout 0 times nothing: any streamCloseTimeout fits')
+})
+
+test('signals: SIGTERM and SIGINT by default (not nodemon\'s SIGUSR2, nor SIGHUP), a list when asked', async (t) => {
+  t.same(resolveOptions({}).signals, ['SIGTERM', 'SIGINT'])
+  t.same(resolveOptions({ signals: false }).signals, [])
+  t.same(resolveOptions({ signals: ['SIGTERM', 'SIGHUP', 'SIGTERM'] }).signals, ['SIGTERM', 'SIGHUP'])
+  for (const bad of ['yes', [], ['SIGKILL'], [1]]) {
+    t.throws(() => resolveOptions({ signals: bad as never }), { code: 'FLL_ERR_INVALID_OPTION', message: /'signals' must be a boolean, or a non-empty array of SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR2/ })
+  }
+  const byDefault = await fixture(t, {})
+  byDefault.child.kill('SIGUSR2')
+  t.same(await withDeadline(byDefault.exited, 5000, 'the process to exit'), [null, 'SIGUSR2'], 'SIGUSR2 is left to its default: no shutdown')
+  const hup = await fixture(t, { signals: ['SIGTERM', 'SIGHUP'], streamDrainWindow: 0 })
+  hup.child.kill('SIGHUP')
+  t.same(await withDeadline(hup.exited, 5000, 'the process to exit'), [0, null], 'SIGHUP, when listed, shuts down gracefully')
+  t.match(hup.logs().find((l) => l.lifecycle === 'closed'), { clean: true, signal: 'SIGHUP' })
+})
+
+test('a program that simply ends exits at once: its natural exit is not turned into a shutdown', async (t) => {
+  const child = fork(fileURLToPath(new URL('./fixtures/natural-exit.ts', import.meta.url)), { execArgv: process.execArgv, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] })
+  t.teardown(() => { child.kill('SIGKILL') })
+  const exited = once(child, 'exit')
+  await withDeadline(once(child, 'message'), 30000, 'the program to end')
+  const start = Date.now()
+  t.same(await withDeadline(exited, 3000, 'the process to exit'), [0, null])
+  t.ok(Date.now() - start < 2500, `exited ${Date.now() - start} ms after its last line (was: a whole shutdown, 5 s with the umbrella's defaults)`)
 })

@@ -21,6 +21,8 @@ test('shutdown options', () => {
   expect(app.register).type.toBeCallableWith(shutdown, { signals: false, terminationGracePeriod: null })
   expect(app.register).type.not.toBeCallableWith(shutdown, { drainDelay: '5s' })
   expect(app.register).type.not.toBeCallableWith(shutdown, { signals: 'SIGTERM' })
+  expect(app.register).type.toBeCallableWith(shutdown, { signals: ['SIGTERM', 'SIGHUP'], streamCloseTimeout: 500 })
+  expect(app.register).type.not.toBeCallableWith(shutdown, { signals: ['SIGKILL'] })
 })
 
 test('longLived: each section an options object, true or false', () => {
