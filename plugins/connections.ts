@@ -12,7 +12,7 @@ import type { Http2ServerRequest, Http2ServerResponse, Http2Session, ServerHttp2
 import type { Socket } from 'node:net'
 import { Server as TlsServer } from 'node:tls'
 import { checkMetricsOption, registerMetrics, type MetricSpec, type MetricsOption } from './metrics.js'
-import { fastifyRegisterKeys, invalid, isPlainObject, objectOption, positiveIntOrNull } from './options.js'
+import { fastifyRegisterKeys, invalid, isPlainObject, objectOption, positiveInt, positiveIntOrNull } from './options.js'
 
 /** StreamHandle is what a long-lived response gives the registry so it can be ended gracefully. */
 export interface StreamHandle {
@@ -555,12 +555,9 @@ function createRegistry (fastify: FastifyInstance, maxConcurrentStreams: number 
       if (!isPlainObject(opts)) throw invalid('closeStreams(opts)', 'an object', opts)
       const window = opts.window ?? 0
       const reason = opts.reason ?? 'shutdown'
-      const timeout = opts.timeout ?? closeStreamsTimeout
+      const timeout = positiveInt('closeStreams({ timeout })', opts.timeout, closeStreamsTimeout, 'ms')
       if (typeof window !== 'number' || !Number.isSafeInteger(window) || window < 0) {
         throw invalid('closeStreams({ window })', 'an integer >= 0 (ms)', window)
-      }
-      if (typeof timeout !== 'number' || !Number.isSafeInteger(timeout) || timeout <= 0) {
-        throw invalid('closeStreams({ timeout })', 'a positive integer (ms)', timeout)
       }
       const list = [...streams]
       let closed = 0

@@ -24,7 +24,7 @@ export type {
   ChannelOptions, HistoryStore, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings, SseSource, StoredEvent, StreamSink, Subscribable
 } from './sse/index.js'
 export { default as shutdown, shutdownPlugin } from './shutdown.js'
-export type { Lifecycle, LifecycleState, ShutdownCause, ShutdownOptions, ShutdownOutcome, ShutdownSignal } from './shutdown.js'
+export type { Lifecycle, LifecycleState, ResolvedShutdownOptions, ShutdownCause, ShutdownOptions, ShutdownOutcome, ShutdownSignal } from './shutdown.js'
 export { default as client, clientPlugin } from './client.js'
 export type { ClientOptions, ResolvedClientOptions, Upstream, UpstreamCloseResult, UpstreamOriginStats, UpstreamRequestOptions } from './client.js'
 

@@ -133,6 +133,9 @@ export interface ShutdownOptions {
   livenessPath?: string | null
 }
 
+/** The options as resolved at register time: every default filled in, `signals` as the list handled ([] when off). */
+export type ResolvedShutdownOptions = Readonly<Omit<Required<ShutdownOptions>, 'signals'> & { signals: readonly ShutdownSignal[] }>
+
 /** The lifecycle, decorated as `fastify.lifecycle`. Emits 'draining', 'closing' and 'closed' (with the outcome). */
 export interface Lifecycle extends EventEmitter {
   readonly state: LifecycleState
@@ -145,7 +148,7 @@ export interface Lifecycle extends EventEmitter {
   /** forceClose destroys every connection at once (what a second signal does) and logs what was open. */
   forceClose (why: string): void
   /** The resolved options, frozen. */
-  readonly options: Readonly<Required<ShutdownOptions>>
+  readonly options: ResolvedShutdownOptions
 }
 
 declare module 'fastify' {
@@ -167,9 +170,9 @@ function pathOption (name: string, value: unknown): string | null {
 }
 
 /** resolveOptions validates the options, checks the budget, and returns a frozen resolved copy. */
-export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOptions>> {
+export function resolveOptions (opts: unknown): ResolvedShutdownOptions {
   const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
-  const r: Required<ShutdownOptions> = {
+  const r: ResolvedShutdownOptions = {
     drainDelay: nonNegativeInt('drainDelay', o.drainDelay, 0),
     streamDrainWindow: nonNegativeInt('streamDrainWindow', o.streamDrainWindow, 2e3),
     streamCloseTimeout: positiveInt('streamCloseTimeout', o.streamCloseTimeout, 1e3, 'ms'),
@@ -185,7 +188,7 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
   const sum = r.drainDelay + r.streamDrainWindow + r.streamCloseTimeout + r.closeTimeout + r.hooksTimeout
   const parts = `drainDelay ${r.drainDelay} + streamDrainWindow ${r.streamDrainWindow} + streamCloseTimeout ${r.streamCloseTimeout} + ` +
     `closeTimeout ${r.closeTimeout} + hooksTimeout ${r.hooksTimeout} = ${sum} ms`
-  const signals = r.signals as readonly ShutdownSignal[]
+  const signals = r.signals
   if (signals.length > 0 && sum > r.signalDelay) {
     throw new FLL_ERR_SHUTDOWN_BUDGET(`${parts}, more than signalDelay ${r.signalDelay} ms: raise signalDelay or lower the others`)
   }
@@ -204,7 +207,7 @@ export function resolveOptions (opts: unknown): Readonly<Required<ShutdownOption
  * streams still open at fastify.close() are ended in a preClose hook, which Fastify times out
  * (the rest of the closing phase is not waited for inside one).
  */
-function checkPluginTimeout (r: Readonly<Required<ShutdownOptions>>, pluginTimeout: number): void {
+function checkPluginTimeout (r: ResolvedShutdownOptions, pluginTimeout: number): void {
   if (pluginTimeout > 0 && r.streamCloseTimeout >= pluginTimeout) {
     throw new FLL_ERR_SHUTDOWN_BUDGET(`streamCloseTimeout ${r.streamCloseTimeout} ms, not less than Fastify's pluginTimeout ${pluginTimeout} ms, ` +
       'which times the preClose hook that ends the streams: lower streamCloseTimeout or raise pluginTimeout (0 disables it)')
@@ -230,7 +233,7 @@ function delay (ms: number, cut: AbortSignal): Promise<void> {
 }
 
 class LifecycleImpl extends EventEmitter implements Lifecycle {
-  readonly options: Readonly<Required<ShutdownOptions>>
+  readonly options: ResolvedShutdownOptions
   readonly done: Promise<ShutdownOutcome>
   #fastify: FastifyInstance
   #state: LifecycleState = 'running'
@@ -249,7 +252,7 @@ class LifecycleImpl extends EventEmitter implements Lifecycle {
     streamsClosed: 0, streamsFailed: 0, streamsCut: 0, idleClosed: 0, inFlightAtClose: 0, inFlightFinished: 0, destroyed: 0
   }
 
-  constructor (fastify: FastifyInstance, options: Readonly<Required<ShutdownOptions>>) {
+  constructor (fastify: FastifyInstance, options: ResolvedShutdownOptions) {
     super()
     this.#fastify = fastify
     this.options = options
@@ -482,7 +485,7 @@ async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions):
     if (!lifecycle.shuttingDown) lifecycle.finish(null)
   })
 
-  const signals = options.signals as readonly ShutdownSignal[]
+  const { signals } = options
   if (signals.length > 0) {
     const handle = closeWithGrace({
       delay: options.signalDelay,

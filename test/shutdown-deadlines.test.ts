@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url'
 import { request } from 'undici'
 import shutdown, { resolveOptions, type ShutdownOptions } from '../plugins/shutdown.js'
 import { collect, connect, deferred, get, listen, waitUntil, withDeadline } from './helpers.js'
-import { openStream, sseApp, type StreamClient } from './sse-helpers.js'
+import { openStream, publishUntil, sseApp, type StreamClient } from './sse-helpers.js'
 import { fixture } from './shutdown-fixture.js'
 
 // The deadlines used here: small, so a test that would hang fails fast.
@@ -43,13 +43,7 @@ async function stalledReader (t: Test, app: StreamingApp, port: number): Promise
 
 /** fill publishes until a stream's response holds bytes its client has not taken. */
 async function fill (t: Test, { publish, responses }: StreamingApp): Promise<void> {
-  const backedUp = (): boolean => responses.some((res) => res.writableLength > 0)
-  for (let i = 0; i < 2000 && !backedUp(); i++) {
-    publish()
-    // Two turns: the flusher writes at the end of the turn, Node tells backpressure after it.
-    await new Promise<void>((resolve) => { setImmediate(() => { setImmediate(resolve) }) })
-  }
-  t.ok(backedUp(), 'the client that does not read holds the server back')
+  t.ok(await publishUntil(publish, () => responses.some((res) => res.writableLength > 0)), 'the client that does not read holds the server back')
 }
 
 interface StreamingApp {

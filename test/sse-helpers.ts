@@ -68,3 +68,17 @@ export async function openStream (t: Test, port: number, path: string, headers: 
     close: async () => { await client.destroy() }
   }
 }
+
+/**
+ * publishUntil calls `publish` once per two turns of the event loop (the flusher writes at the
+ * end of a turn, and Node tells backpressure after it) until `done()` or `max` calls, and
+ * resolves with `done()`. With a client that stopped reading and `done` = "a response holds
+ * bytes its client has not taken", it fills the kernel's buffers and no more.
+ */
+export async function publishUntil (publish: () => void, done: () => boolean, max = 2000): Promise<boolean> {
+  for (let i = 0; i < max && !done(); i++) {
+    publish()
+    await new Promise<void>((resolve) => { setImmediate(() => { setImmediate(resolve) }) })
+  }
+  return done()
+}
