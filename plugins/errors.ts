@@ -75,6 +75,19 @@ export const FLL_ERR_SSE_SLOW_CONSUMER = createError<'FLL_ERR_SSE_SLOW_CONSUMER'
   500
 )
 
+/**
+ * `reply.sse` was used on a route the sse plugin did not see declared with the `sse` option:
+ * nothing would end the stream when the handler returns, so the request fails at once instead.
+ */
+export const FLL_ERR_SSE_NOT_A_STREAM_ROUTE = createError<'FLL_ERR_SSE_NOT_A_STREAM_ROUTE', [string, string]>(
+  'FLL_ERR_SSE_NOT_A_STREAM_ROUTE',
+  'fastify-long-lived: reply.sse was used on %s %s, which the sse plugin does not know as a stream route. ' +
+  'Declare the route with `{ sse: true }`, after the plugin has loaded: `await app.register(...)` before the ' +
+  'route, or declare routes inside `app.after(() => { ... })` or a plugin registered after it (as CommonJS apps do). ' +
+  'A route declared before the plugin loaded is not seen by it.',
+  500
+)
+
 /** The shutdown budgets do not fit inside the signal handler's delay or the orchestrator's grace period. */
 export const FLL_ERR_SHUTDOWN_BUDGET = createError<'FLL_ERR_SHUTDOWN_BUDGET', [string]>(
   'FLL_ERR_SHUTDOWN_BUDGET',

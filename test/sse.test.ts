@@ -290,7 +290,7 @@ test('a pending send() rejects with a coded error when the client leaves during 
   const { app } = await sseApp(t, { maxBufferedBytes: 64 * 1024 * 1024 })
   const outcome = deferred<string>()
   let stream: { bufferedBytes: number } | null = null
-  app.get('/events', async (_req, reply) => {
+  app.get('/events', { sse: true }, async (_req, reply) => {
     stream = reply.sse
     const big = 'x'.repeat(256 * 1024)
     try {

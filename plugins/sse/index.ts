@@ -7,6 +7,7 @@
  */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
+import { FLL_ERR_SSE_NOT_A_STREAM_ROUTE } from '../errors.js'
 import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from '../options.js'
 import { jsonSerializer, type Serializer } from './encoder.js'
 import { Flusher } from './flusher.js'
@@ -176,14 +177,22 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
   fastify.decorateReply(kStream, null)
   // The settings of an `sse` route, set on its replies by its first onRequest hook (reading
   // request.routeOptions builds a fresh object per request); read from the route's config when
-  // the stream is made earlier (an app-level hook). Other routes: the defaults.
+  // the stream is made earlier (an app-level hook).
   fastify.decorateReply(kSettings, null)
   fastify.decorateReply('sse', {
     getter (this: FastifyReply) {
       const reply = this as ReplyWithStream
       if (reply[kStream] === null) {
-        const config = reply[kSettings] === null ? reply.request.routeOptions.config as { [kSettings]?: StreamSettings } | undefined : undefined
-        reply[kStream] = new SseStream(reply.request, reply, reply[kSettings] ?? config?.[kSettings] ?? settings, shared)
+        let routeSettings = reply[kSettings]
+        if (routeSettings === null) {
+          const { config, method, url } = reply.request.routeOptions
+          routeSettings = (config as { [kSettings]?: StreamSettings } | undefined)?.[kSettings] ?? null
+          // A route the onRoute hook did not mark (no `sse` option, or declared before this
+          // plugin loaded): nothing would end its stream when the handler returns, and the
+          // client would wait forever. Fail the request now, with the fix in the message.
+          if (routeSettings === null) throw new FLL_ERR_SSE_NOT_A_STREAM_ROUTE(String(method), String(url))
+        }
+        reply[kStream] = new SseStream(reply.request, reply, routeSettings, shared)
       }
       return reply[kStream]
     }
@@ -215,7 +224,14 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
       try {
         const result = await handler.call(this, request, reply)
         const stream = (reply as ReplyWithStream)[kStream]
-        if (stream === null || !reply.sent) return result // never streamed: an ordinary reply
+        if (stream === null) return result // never streamed: an ordinary reply
+        if (!reply.sent) {
+          // Not streamed yet. keepAlive() (or a subscription) with nothing sent still means a
+          // stream: open it now, or Fastify would answer an empty 200 that EventSource gives up on.
+          if (result !== undefined || !stream.shouldKeepAlive || !stream.isConnected) return result
+          stream.sendHeaders()
+          return reply
+        }
         if (!stream.shouldKeepAlive) await stream.close()
         return reply
       } catch (err) {
