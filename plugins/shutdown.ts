@@ -485,22 +485,80 @@ async function shutdownPlugin (fastify: FastifyInstance, opts: ShutdownOptions):
     if (!lifecycle.shuttingDown) lifecycle.finish(null)
   })
 
-  const { signals } = options
-  if (signals.length > 0) {
-    const handle = closeWithGrace({
+  if (options.signals.length > 0) {
+    const unsubscribe = processSignals.subscribe({
+      signals: options.signals,
       delay: options.signalDelay,
+      log: fastify.log,
+      lifecycle
+    })
+    fastify.addHook('onClose', async () => { unsubscribe() })
+  }
+}
+
+// Process signals, shared by every app of the process that asked for them.
+//
+// A signal belongs to the process, not to one app: with one close-with-grace per app, a process
+// running several apps (tests, a main app next to a metrics app) had each of them add its own
+// listeners (MaxListenersExceededWarning past 10), and on SIGTERM the first app to finish
+// exited the process while the others were still draining. One handler per process instead:
+// a signal any app handles shuts every app down, in parallel, and the process exits once the
+// last is done (0 when all were clean), within the largest signalDelay. The set below is the
+// only module-level state of the kit, because the resource it guards is process-wide; it holds
+// an app only from register to close.
+
+interface SignalSubscriber {
+  signals: readonly ShutdownSignal[]
+  delay: number
+  log: FastifyInstance['log']
+  lifecycle: LifecycleImpl
+}
+
+const processSignals = {
+  subscribers: new Set<SignalSubscriber>(),
+  handle: null as { uninstall: () => void } | null,
+  /** Set once a signal (or a crash) started the shutdown: close-with-grace owns the process until it exits. */
+  running: false,
+
+  /** subscribe hands `subscriber` to the process's signal handler; the function returned takes it back. */
+  subscribe (subscriber: SignalSubscriber): () => void {
+    this.subscribers.add(subscriber)
+    this.install()
+    return () => {
+      this.subscribers.delete(subscriber)
+      this.install()
+    }
+  },
+
+  /** install (re)installs close-with-grace for the signals the subscribers handle, or removes it when none is left. */
+  install (): void {
+    if (this.running) return
+    this.handle?.uninstall()
+    this.handle = null
+    const all = [...this.subscribers]
+    if (all.length === 0) return
+    const signals = new Set(all.flatMap((s) => s.signals))
+    const each = (fn: (s: SignalSubscriber) => void): void => { for (const s of all) fn(s) }
+    this.handle = closeWithGrace({
+      delay: Math.max(...all.map((s) => s.delay)),
       // close-with-grace handles every signal it knows, and the process's natural exit
       // ('beforeExit'), unless skipped: keep only the chosen signals, and never delay an exit.
-      skip: [...closeWithGraceSignals.filter((name) => !signals.includes(name as ShutdownSignal)), 'beforeExit'],
-      logger: { error: (msg: unknown) => { fastify.log.error(msg as object) } },
-      onSecondSignal (signal) { lifecycle.forceClose(`second ${signal}`) },
-      onSecondError (err) { fastify.log.error({ err }, 'fastify-long-lived: another error while shutting down'); lifecycle.forceClose('second error') },
-      onTimeout (ms) { lifecycle.forceClose(`shutdown took longer than signalDelay (${ms} ms)`) }
+      skip: [...closeWithGraceSignals.filter((name) => !signals.has(name as ShutdownSignal)), 'beforeExit'],
+      logger: { error: (msg: unknown) => { all[0]!.log.error(msg as object) } },
+      onSecondSignal (signal) { each((s) => { s.lifecycle.forceClose(`second ${signal}`) }) },
+      onSecondError (err) {
+        each((s) => {
+          s.log.error({ err }, 'fastify-long-lived: another error while shutting down')
+          s.lifecycle.forceClose('second error')
+        })
+      },
+      onTimeout (ms) { each((s) => { s.lifecycle.forceClose(`shutdown took longer than signalDelay (${ms} ms)`) }) }
     }, async ({ signal, err }) => {
-      const outcome = await lifecycle.shutdown({ signal, error: err })
-      if (!outcome.clean) throw new FLL_ERR_SHUTDOWN_UNCLEAN(outcome.failures.join('; '))
+      this.running = true
+      const outcomes = await Promise.all(all.map((s) => s.lifecycle.shutdown({ signal, error: err })))
+      const failures = outcomes.flatMap((o) => o.clean ? [] : o.failures)
+      if (outcomes.some((o) => !o.clean)) throw new FLL_ERR_SHUTDOWN_UNCLEAN(failures.join('; '))
     })
-    fastify.addHook('onClose', async () => { handle.uninstall() })
   }
 }
 
