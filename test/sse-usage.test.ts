@@ -118,3 +118,33 @@ test('an app-level hook touching reply.sse of a stream route keeps the route set
   const res = await fetchWithin(port, '/events')
   t.equal(res.body, 'retry: 42\n\ndata: x\n\n')
 })
+
+test("@fastify/sse's route forms: 'only', kind 'only' and heartbeat: false are taken; 'dual' and 'manual' are refused at boot", async (t) => {
+  const app = build(t)
+  await app.register(longLived, { shutdown: false, sse: { heartbeatInterval: 40 } })
+  app.get('/only', { sse: 'only' }, async (_req, reply) => { await reply.sse.send('a') })
+  for (const [path, option] of [['/kind', { kind: 'only', heartbeat: false }], ['/beating', true]] as const) {
+    app.get(path, { sse: option }, async (_req, reply) => { reply.sse.keepAlive() })
+  }
+  const port = await listen(app)
+  t.equal((await fetchWithin(port, '/only')).body, 'data: a\n\n')
+  const refused = await fetch(`http://127.0.0.1:${port}/only`, { headers: { accept: 'application/json' }, signal: AbortSignal.timeout(promptly) })
+  t.equal(refused.status, 406, "'only' negotiates Accept like true")
+  // heartbeat: false: while a stream with the plugin's heartbeat (40 ms) gets three, it gets none.
+  const [quiet, beating] = await Promise.all([openStream(t, port, '/kind'), openStream(t, port, '/beating')])
+  await waitUntil(() => beating.comments.length >= 3, promptly, 'three heartbeats on the other stream')
+  t.equal(quiet.comments.length, 0, 'no heartbeat was sent')
+
+  for (const [bad, message] of [
+    ['dual', /@fastify\/sse's 'dual' and 'manual' kinds do not exist here/],
+    [{ kind: 'manual' }, /'dual' and 'manual'/],
+    [{ heartbeat: 'no' }, /'sse.heartbeat' must be a boolean/],
+    [{ heartbeat: false, heartbeatInterval: 5 }, /left out when sse.heartbeatInterval is given/],
+    [{ kind: 'other' }, /'sse.kind' must be 'only'/]
+  ] as const) {
+    const other = build(t)
+    await other.register(longLived, { shutdown: false })
+    const err = await other.register(async (scope) => { scope.get('/x', { sse: bad as never }, async () => 'x') }).ready().then(() => null, (e: Error) => e)
+    t.match(err, { code: 'FLL_ERR_INVALID_OPTION', message }, `sse: ${JSON.stringify(bad)} is refused`)
+  }
+})

@@ -64,8 +64,16 @@ export interface SseOptions extends SseRouteSettings {
   history?: Pick<ChannelOptions, 'historySize' | 'historyTtl'>
 }
 
-/** The `sse` route option: true, or per-route settings. */
-export type SseRouteOption = boolean | SseRouteSettings
+/**
+ * The `sse` route option: true, or per-route settings. `'only'`, `kind: 'only'` and
+ * `heartbeat: false` are @fastify/sse's spellings, taken as they are.
+ */
+export type SseRouteOption = boolean | 'only' | (SseRouteSettings & {
+  /** @fastify/sse's route kind: only 'only' (what every route here is). */
+  kind?: 'only'
+  /** @fastify/sse's switch: false is heartbeatInterval null. Not with heartbeatInterval. */
+  heartbeat?: boolean
+})
 
 declare module 'fastify' {
   interface FastifyReply {
@@ -101,6 +109,28 @@ function resolveRouteSettings (name: string, o: Record<string, unknown>, base: S
     maxLifetime: positiveIntOrNull(`${name}maxLifetime`, o.maxLifetime, base.maxLifetime, 'ms'),
     serializer: serializer as Serializer
   })
+}
+
+/**
+ * resolveRouteOption validates a route's `sse` option into its stream settings. Besides `true`
+ * and an object of settings, @fastify/sse's forms of a stream-only route are taken as they
+ * are, so its routes move over unchanged: `'only'`, `{ kind: 'only' }` and `heartbeat: false`.
+ */
+export function resolveRouteOption (name: string, value: unknown, base: StreamSettings): StreamSettings {
+  if (value === true || value === 'only') return base
+  if (value === 'dual' || value === 'manual' || (isPlainObject(value) && (value.kind === 'dual' || value.kind === 'manual'))) {
+    throw invalid(name, "true or 'only' (a stream route): @fastify/sse's 'dual' and 'manual' kinds do not exist here, " +
+      'serve JSON from a route of its own', isPlainObject(value) ? value.kind : value)
+  }
+  if (!isPlainObject(value)) throw invalid(name, "true, 'only', or an object of stream settings", value)
+  const { kind, heartbeat, ...rest } = objectOption('sse', value, [...routeKeys, 'kind', 'heartbeat'])
+  if (kind !== undefined && kind !== 'only') throw invalid('sse.kind', "'only'", kind)
+  if (heartbeat !== undefined) {
+    if (typeof heartbeat !== 'boolean') throw invalid('sse.heartbeat', 'a boolean (false: no heartbeat)', heartbeat)
+    if (rest.heartbeatInterval !== undefined) throw invalid('sse.heartbeat', 'left out when sse.heartbeatInterval is given', heartbeat)
+    if (!heartbeat) rest.heartbeatInterval = null
+  }
+  return resolveRouteSettings('sse.', rest, base)
 }
 
 /** resolveOptions validates the plugin options into the default stream settings and channel defaults. */
@@ -200,12 +230,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
 
   fastify.addHook('onRoute', (route: RouteOptions & { sse?: unknown }) => {
     if (route.sse === undefined || route.sse === false) return
-    if (route.sse !== true && !isPlainObject(route.sse)) {
-      throw invalid(`sse (route ${route.method} ${route.url})`, 'true or an object of stream settings', route.sse)
-    }
-    const routeSettings = route.sse === true
-      ? settings
-      : resolveRouteSettings('sse.', objectOption('sse', route.sse, routeKeys), settings)
+    const routeSettings = resolveRouteOption(`sse (route ${route.method} ${route.url})`, route.sse, settings)
     route.config = { ...route.config, [kSettings]: routeSettings }
     const onRequest = Array.isArray(route.onRequest) ? route.onRequest : (route.onRequest === undefined ? [] : [route.onRequest])
     route.onRequest = [async function sseRoute (request: FastifyRequest, reply: FastifyReply) {
