@@ -12,7 +12,7 @@ import type { ConnectionInfo } from './connections.js'
 import { FLL_ERR_MAX_HEADER_SIZE, FLL_ERR_TIMEOUT_ORDER } from './errors.js'
 import { fastifyRegisterKeys, invalid, nonNegativeInt, objectOption, positiveInt, positiveIntOrNull } from './options.js'
 
-/** A proxy in front of the server, described by its two timeouts (ms). */
+/** A proxy in front of the server, described by its two timeouts (ms) and how it forwards request bodies. */
 export interface ProxyTimeouts {
   /**
    * idleTimeout is how long (ms) the proxy keeps an idle keep-alive connection to this server
@@ -22,25 +22,40 @@ export interface ProxyTimeouts {
   idleTimeout: number
   /** responseTimeout is how long (ms) the proxy waits for this server's response before answering 504. */
   responseTimeout: number
+  /**
+   * requestBuffering is true when the proxy reads a request's whole body before it contacts
+   * this server (nginx's `proxy_request_buffering on`, its default): a slow upload then never
+   * reaches us, so requestTimeout is not checked against responseTimeout. False: the proxy
+   * streams bodies to us as they arrive. @default false
+   */
+  requestBuffering?: boolean
 }
 
 /** The proxies with a preset. Where each number comes from is in the README. */
 export type ProxyPresetName = 'aws-alb' | 'gcp-lb' | 'nginx' | 'cloudflare'
 
 /**
- * proxyPresets holds the documented defaults of common proxies (ms).
+ * proxyPresets holds the documented defaults of common proxies (ms). Where each number comes
+ * from is also in the README's "Proxy presets" table.
  * - aws-alb: the ALB idle timeout (default 60 s) applies to backend connections and also cuts
- *   a response that sends nothing for that long (504).
+ *   a response that sends nothing for that long (504). Request bodies are streamed to the
+ *   target: AWS documents no request buffering, and asks that an upload send at least a byte
+ *   per idle timeout ("Connection idle timeout", Application Load Balancer attributes).
  * - gcp-lb: Google's external Application Load Balancer keeps backend connections for 600 s
- *   (fixed); the backend service timeout (response) defaults to 30 s.
- * - nginx: `keepalive_timeout` in an `upstream` block and `proxy_read_timeout` both default to 60 s.
- * - cloudflare: Proxy Idle Timeout 900 s, Proxy Read Timeout 100 s (HTTP 524).
+ *   (fixed); the backend service timeout (response) defaults to 30 s. Google documents no
+ *   request buffering for it: treated as streaming, so the request-timeout check stays.
+ * - nginx: `keepalive_timeout` in an `upstream` block and `proxy_read_timeout` both default to
+ *   60 s. `proxy_request_buffering on` (the default) reads the whole request body before nginx
+ *   contacts the app (https://nginx.org/r/proxy_request_buffering); test/nginx.test.ts shows it.
+ * - cloudflare: Proxy Idle Timeout 900 s, Proxy Read Timeout 100 s (HTTP 524). Request body
+ *   buffering "Standard", the default, inspects only a prefix of the body and streams the rest
+ *   ("Full" buffers it whole: pass `{ ..., requestBuffering: true }`); Configuration Rules docs.
  */
-export const proxyPresets: Readonly<Record<ProxyPresetName, Readonly<ProxyTimeouts>>> = Object.freeze({
-  'aws-alb': Object.freeze({ idleTimeout: 60e3, responseTimeout: 60e3 }),
-  'gcp-lb': Object.freeze({ idleTimeout: 600e3, responseTimeout: 30e3 }),
-  nginx: Object.freeze({ idleTimeout: 60e3, responseTimeout: 60e3 }),
-  cloudflare: Object.freeze({ idleTimeout: 900e3, responseTimeout: 100e3 })
+export const proxyPresets: Readonly<Record<ProxyPresetName, Readonly<Required<ProxyTimeouts>>>> = Object.freeze({
+  'aws-alb': Object.freeze({ idleTimeout: 60e3, responseTimeout: 60e3, requestBuffering: false }),
+  'gcp-lb': Object.freeze({ idleTimeout: 600e3, responseTimeout: 30e3, requestBuffering: false }),
+  nginx: Object.freeze({ idleTimeout: 60e3, responseTimeout: 60e3, requestBuffering: true }),
+  cloudflare: Object.freeze({ idleTimeout: 900e3, responseTimeout: 100e3, requestBuffering: false })
 })
 
 /** A minimum data rate: below `bytesPerSecond`, averaged once `grace` ms have been measured, the connection is closed. */
@@ -98,7 +113,8 @@ export interface TimeoutsOptions {
   maxHeaderSize?: number | null
   /**
    * proxy names the proxy in front of this server (or gives its timeouts): it derives a safe
-   * keepAliveTimeout and checks requestTimeout and handlerTimeout against it. @default null
+   * keepAliveTimeout and checks handlerTimeout against it, and requestTimeout too when the
+   * proxy streams request bodies (`requestBuffering: false`). @default null
    */
   proxy?: ProxyPresetName | ProxyTimeouts | null
   /**
@@ -135,7 +151,7 @@ export interface EffectiveTimeouts {
   /** The header size limit the server really enforces (bytes), null where not applicable. */
   readonly maxHeaderSize: number | null
   readonly handlerTimeout: number | null
-  readonly proxy: Readonly<ProxyTimeouts & { name: ProxyPresetName | 'custom' }> | null
+  readonly proxy: Readonly<Required<ProxyTimeouts> & { name: ProxyPresetName | 'custom' }> | null
   readonly minDataRate: Readonly<{
     request: Readonly<Required<DataRate>> | null
     response: Readonly<Required<DataRate>> | null
@@ -181,7 +197,7 @@ interface Resolved {
   maxConnections: number | null
   connectionsCheckingInterval: number
   maxHeaderSize: number | null
-  proxy: (ProxyTimeouts & { name: ProxyPresetName | 'custom' }) | null
+  proxy: (Required<ProxyTimeouts> & { name: ProxyPresetName | 'custom' }) | null
   handlerTimeout: number | null
   minDataRate: EffectiveTimeouts['minDataRate']
 }
@@ -190,16 +206,21 @@ function resolveProxy (value: unknown): Resolved['proxy'] {
   if (value === undefined || value === null) return null
   if (typeof value === 'string') {
     if (Object.hasOwn(proxyPresets, value)) return { name: value as ProxyPresetName, ...proxyPresets[value as ProxyPresetName] }
-    throw invalid('proxy', `one of ${Object.keys(proxyPresets).map((k) => `'${k}'`).join(', ')} or { idleTimeout, responseTimeout }`, value)
+    throw invalid('proxy', `one of ${Object.keys(proxyPresets).map((k) => `'${k}'`).join(', ')} or { idleTimeout, responseTimeout, requestBuffering? }`, value)
   }
-  const o = objectOption('proxy', value, ['idleTimeout', 'responseTimeout'])
+  const o = objectOption('proxy', value, ['idleTimeout', 'responseTimeout', 'requestBuffering'])
   if (o.idleTimeout === undefined || o.responseTimeout === undefined) {
     throw invalid('proxy', "a preset name or an object with both 'idleTimeout' and 'responseTimeout' (ms)", value)
+  }
+  if (o.requestBuffering !== undefined && typeof o.requestBuffering !== 'boolean') {
+    throw invalid('proxy.requestBuffering', 'true (the proxy reads whole request bodies first) or false (it streams them)', o.requestBuffering)
   }
   return {
     name: 'custom',
     idleTimeout: positiveInt('proxy.idleTimeout', o.idleTimeout, 0, 'ms'),
-    responseTimeout: positiveInt('proxy.responseTimeout', o.responseTimeout, 0, 'ms')
+    responseTimeout: positiveInt('proxy.responseTimeout', o.responseTimeout, 0, 'ms'),
+    // Unknown: assume the proxy streams bodies, so a risky requestTimeout is still warned about.
+    requestBuffering: o.requestBuffering ?? false
   }
 }
 
@@ -282,7 +303,9 @@ export function warningsFor (r: Resolved, serverHandlerTimeout: number): Timeout
         `the proxy may reuse a connection this server is closing and answer 502; use at least ${keepAliveAbove(r.proxy.idleTimeout)} ms`
     })
   }
-  if (r.proxy !== null && r.requestTimeout > r.proxy.responseTimeout) {
+  // Only a proxy that streams request bodies lets a slow upload run into its response timeout:
+  // one that buffers them (nginx by default) sends us the body at once, or not at all.
+  if (r.proxy !== null && !r.proxy.requestBuffering && r.requestTimeout > r.proxy.responseTimeout) {
     out.push({
       code: 'FLL_WARN_REQUEST_TIMEOUT_ABOVE_PROXY',
       message: `requestTimeout (${r.requestTimeout} ms) is above the proxy's response timeout (${r.proxy.responseTimeout} ms): ` +

@@ -2,7 +2,8 @@
  * A real nginx in front of a test app: its own config in a temp dir (no system config, no
  * daemon, logs and pid in the temp dir), listening on 127.0.0.1 on a free port, proxying to
  * `upstream app { server 127.0.0.1:<upstreamPort>; keepalive 16; }` with keep-alive to the app,
- * as the README's "Behind nginx" recipe does. Stopped and removed when the test ends.
+ * as the README's "Behind nginx" recipe does, or through the `upstream` and `server` blocks a
+ * test gives (`servers`: the README's snippet). Stopped and removed when the test ends.
  *
  * Without nginx the tests that need it are skipped (`nginxSkip`), unless CI is set or
  * FLL_REQUIRE_NGINX=1, where they fail: CI installs Debian's nginx (.ci/run).
@@ -52,6 +53,12 @@ export interface NginxOptions {
   extraHttpConfig?: string
   /** Directives added to `location /` (after the defaults, which they may not repeat). */
   locationConfig?: string
+  /**
+   * servers replaces the default `upstream app` and `server` blocks (and so `locationConfig`):
+   * it gets the address nginx must listen on and the app's, both `127.0.0.1:<port>`, and
+   * returns the blocks to put in `http` (the README's snippet, with its addresses replaced).
+   */
+  servers?: (addresses: { listen: string, upstream: string }) => string
 }
 
 export interface Nginx {
@@ -74,6 +81,27 @@ async function freePort (): Promise<number> {
   return port
 }
 
+/** defaultServers: `upstream app` with keep-alive to the app, and a server that proxies everything to it. */
+function defaultServers (port: number, opts: NginxOptions): string {
+  return `upstream app {
+    server 127.0.0.1:${opts.upstreamPort};
+    keepalive 16;
+  }
+  server {
+    listen 127.0.0.1:${port};
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_connect_timeout 2s;
+      proxy_send_timeout 10s;
+      proxy_read_timeout 10s;
+      ${opts.locationConfig ?? ''}
+    }
+  }`
+}
+
 function config (dir: string, port: number, opts: NginxOptions): string {
   return `# fastify-long-lived test nginx
 daemon off;
@@ -90,23 +118,7 @@ http {
   fastcgi_temp_path ${dir}/fastcgi;
   uwsgi_temp_path ${dir}/uwsgi;
   scgi_temp_path ${dir}/scgi;
-  upstream app {
-    server 127.0.0.1:${opts.upstreamPort};
-    keepalive 16;
-  }
-  server {
-    listen 127.0.0.1:${port};
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_buffering off;
-      proxy_connect_timeout 2s;
-      proxy_send_timeout 10s;
-      proxy_read_timeout 10s;
-      ${opts.locationConfig ?? ''}
-    }
-  }
+  ${opts.servers?.({ listen: `127.0.0.1:${port}`, upstream: `127.0.0.1:${opts.upstreamPort}` }) ?? defaultServers(port, opts)}
   ${opts.extraHttpConfig ?? ''}
 }
 `
