@@ -70,12 +70,14 @@ export interface DataRate {
 export interface TimeoutsOptions {
   /**
    * headersTimeout is how long (ms) a client may take to send a request's headers (Go's
-   * ReadHeaderTimeout). 0 disables it. Must not exceed requestTimeout. @default 20000
+   * ReadHeaderTimeout). 0 disables it. Must not exceed requestTimeout.
+   * @default 20000, or requestTimeout when that is smaller
    */
   headersTimeout?: number
   /**
    * requestTimeout is how long (ms) a client may take to send a whole request, body included
-   * (Go's ReadTimeout). Fastify's default 0 turns Node's slow-body guard off. @default 120000
+   * (Go's ReadTimeout). Fastify's default 0 turns Node's slow-body guard off.
+   * @default 120000, or the response timeout of a proxy that streams request bodies when that is smaller
    */
   requestTimeout?: number
   /**
@@ -247,8 +249,13 @@ function resolveMinDataRate (value: unknown): Resolved['minDataRate'] {
 export function resolveOptions (opts: unknown): Resolved {
   const o = objectOption('', opts, [...knownOptions, ...fastifyRegisterKeys])
   const proxy = resolveProxy(o.proxy)
-  const headersTimeout = nonNegativeInt('headersTimeout', o.headersTimeout, defaults.headersTimeout)
-  const requestTimeout = nonNegativeInt('requestTimeout', o.requestTimeout, defaults.requestTimeout)
+  // Behind a proxy that streams request bodies, an upload slower than the proxy's response
+  // timeout gets the proxy's 504 anyway: by default this server gives up at the same moment
+  // (and answers 408 to a proxy still listening), so a default configuration does not warn.
+  const requestDefault = proxy === null || proxy.requestBuffering ? defaults.requestTimeout : Math.min(defaults.requestTimeout, proxy.responseTimeout)
+  const requestTimeout = nonNegativeInt('requestTimeout', o.requestTimeout, requestDefault)
+  const headersDefault = requestTimeout > 0 ? Math.min(defaults.headersTimeout, requestTimeout) : defaults.headersTimeout
+  const headersTimeout = nonNegativeInt('headersTimeout', o.headersTimeout, headersDefault)
   if (headersTimeout > 0 && requestTimeout > 0 && headersTimeout > requestTimeout) {
     throw new FLL_ERR_TIMEOUT_ORDER(headersTimeout, requestTimeout)
   }

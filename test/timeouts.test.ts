@@ -165,18 +165,29 @@ test('the nginx preset with default options logs no warning: nginx buffers reque
   t.match(app.timeouts.proxy, { name: 'nginx', requestBuffering: true })
 })
 
-test('presets of proxies that stream request bodies to the app keep the request-timeout warning', async (t) => {
-  for (const name of ['aws-alb', 'gcp-lb', 'cloudflare'] as const) {
-    t.equal(proxyPresets[name].requestBuffering, false, `${name} streams request bodies`)
+test('every preset with default options boots without a warning; an explicit requestTimeout above a streaming proxy is warned (issue 13)', async (t) => {
+  for (const name of ['aws-alb', 'gcp-lb', 'cloudflare', 'nginx'] as const) {
     const { app, lines } = await appWith(t, { proxy: name })
     await app.ready()
+    t.same(lines.filter((l) => l.level >= 40).map((l) => l.code), [], `${name}: no warning`)
+    // A proxy that streams bodies cuts a slow upload at its response timeout: the default stops there.
+    const expected = proxyPresets[name].requestBuffering ? 120e3 : Math.min(120e3, proxyPresets[name].responseTimeout)
+    t.equal(app.timeouts.requestTimeout, expected, `${name}: requestTimeout ${expected} ms`)
+    t.ok(app.timeouts.headersTimeout! <= app.timeouts.requestTimeout!, `${name}: headersTimeout fits inside requestTimeout`)
+    await app.close()
+  }
+  for (const name of ['aws-alb', 'gcp-lb', 'cloudflare'] as const) {
+    t.equal(proxyPresets[name].requestBuffering, false, `${name} streams request bodies`)
+    const { app, lines } = await appWith(t, { proxy: name, requestTimeout: 120e3 + 1 })
+    await app.ready()
     const warnings = lines.filter((l) => l.level >= 40)
-    t.same(warnings.map((l) => l.code), ['FLL_WARN_REQUEST_TIMEOUT_ABOVE_PROXY'], `${name}: requestTimeout 120 s is above its response timeout`)
+    t.same(warnings.map((l) => l.code), ['FLL_WARN_REQUEST_TIMEOUT_ABOVE_PROXY'], `${name}: an explicit requestTimeout above its response timeout`)
     t.match(warnings[0]?.msg, /a slow upload is cut by the proxy with a 504 before this server can answer 408/)
     await app.close()
   }
-  // A proxy given by its timeouts streams unless it says it buffers.
-  const codes = (proxy: TimeoutsOptions['proxy']): string[] => warningsFor(resolveOptions({ proxy }), 0).map((w) => w.code)
+  // A proxy given by its timeouts streams unless it says it buffers; a short one shortens both deadlines.
+  t.match(resolveOptions({ proxy: { idleTimeout: 60e3, responseTimeout: 10e3 } }), { requestTimeout: 10e3, headersTimeout: 10e3 })
+  const codes = (proxy: TimeoutsOptions['proxy']): string[] => warningsFor(resolveOptions({ proxy, requestTimeout: 60e3 }), 0).map((w) => w.code)
   t.same(codes({ idleTimeout: 60e3, responseTimeout: 30e3 }), ['FLL_WARN_REQUEST_TIMEOUT_ABOVE_PROXY'])
   t.same(codes({ idleTimeout: 60e3, responseTimeout: 30e3, requestBuffering: false }), ['FLL_WARN_REQUEST_TIMEOUT_ABOVE_PROXY'])
   t.same(codes({ idleTimeout: 60e3, responseTimeout: 30e3, requestBuffering: true }), [])
