@@ -7,6 +7,10 @@ import { readFileSync } from 'node:fs'
 import type { FastifyPluginAsync } from 'fastify'
 import { client, connections, longLived, shutdown, sse, timeouts } from '../plugins/index.js'
 import { fastifyRegisterKeys } from '../plugins/options.js'
+import { resolveOptions as resolveClient } from '../plugins/client.js'
+import { resolveOptions as resolveShutdown } from '../plugins/shutdown.js'
+import { resolveOptions as resolveSse } from '../plugins/sse/index.js'
+import { resolveOptions as resolveTimeouts } from '../plugins/timeouts.js'
 import { build } from './helpers.js'
 
 const readme = readFileSync(new URL('../README.md', import.meta.url), 'utf8').replace(/\r\n/g, '\n')
@@ -54,5 +58,86 @@ test('the README has a row, with a type and a default, for every option of every
       return !row.test(text)
     })
     t.same(missing, [], `${title}: every option (${keys.join(', ')}) has a row with its type and default`)
+  }
+})
+
+/** rows returns the option rows of a section's tables: key, and the default cell as written. */
+function rows (text: string): Array<{ key: string, cell: string }> {
+  const out: Array<{ key: string, cell: string }> = []
+  for (const line of text.split('\n')) {
+    const cells = line.split(/(?<!\\)\|/).map((c) => c.trim())
+    // | `key` | type | default | description |
+    const key = /^`([\w.]+)`$/.exec(cells[1] ?? '')?.[1]
+    if (key !== undefined && cells.length >= 6) out.push({ key, cell: cells[3]! })
+  }
+  return out
+}
+
+/**
+ * documented parses the leading code span of a default cell: a literal (`20000`, `null`,
+ * `'disconnect'`, `true`) or a list of them in braces (`{ 240, 5000 }`: the values of an object,
+ * in order). undefined when the cell documents something else (`see below`, `JSON.stringify`).
+ */
+function documented (cell: string): { value: unknown } | undefined {
+  const code = /^`([^`]+)`/.exec(cell)?.[1]
+  if (code === undefined) return undefined
+  const literal = (x: string): { value: unknown } | undefined => {
+    if (/^-?\d+$/.test(x)) return { value: Number(x) }
+    if (x === 'null' || x === 'true' || x === 'false') return { value: JSON.parse(x) }
+    if (/^'[^']*'$/.test(x)) return { value: x.slice(1, -1) }
+    return undefined
+  }
+  const list = /^\{ (.*) \}$/.exec(code)?.[1]
+  if (list === undefined) return literal(code)
+  const values = list.split(', ').map(literal)
+  return values.every((v) => v !== undefined) ? { value: values.map((v) => v!.value) } : undefined
+}
+
+/** at reads a dotted path of the resolved options; a braced default compares with the object's values. */
+function at (resolved: object, path: string): { value: unknown } | undefined {
+  let value: unknown = resolved
+  for (const part of path.split('.')) {
+    if (value === null || typeof value !== 'object' || !(part in value)) return undefined
+    value = (value as Record<string, unknown>)[part]
+  }
+  return { value }
+}
+
+// Resolved options whose form differs from what the table writes, by design.
+const resolvedAs: Record<string, Record<string, unknown>> = {
+  // `signals: true` resolves to the list it stands for.
+  '## shutdown': { signals: true },
+  // The client resolves `metrics` to whether they are on (the registry is kept by the plugin).
+  '## client': { metrics: null }
+}
+
+test('every default the README documents is the one the code resolves (from the resolved options)', async (t) => {
+  const sse = resolveSse({})
+  const resolvers: Array<[string, object]> = [
+    ['## timeouts', resolveTimeouts({})],
+    ['## sse', { ...sse.settings, history: sse.history }],
+    ['## shutdown', { ...resolveShutdown({}), ...resolvedAs['## shutdown'] }],
+    ['## client', { ...resolveClient({}), ...resolvedAs['## client'] }]
+  ]
+  t.same(resolveShutdown({}).signals, ['SIGTERM', 'SIGINT'], '`signals: true` is SIGTERM and SIGINT')
+  t.equal(resolveClient({}).metrics, false, 'the client has no metrics unless given a registry')
+  for (const [title, resolved] of resolvers) {
+    const options = section(title).split('\n### ').filter((part) => part.startsWith('Options')).join('\n')
+    const checked: string[] = []
+    for (const { key, cell } of rows(options)) {
+      const doc = documented(cell)
+      if (doc === undefined) continue
+      const actual = at(resolved, key)
+      if (actual === undefined) {
+        t.fail(`${title}: \`${key}\` is documented with a default, but the resolved options have no such key`)
+        continue
+      }
+      const value = Array.isArray(doc.value) && actual.value !== null && typeof actual.value === 'object' && !Array.isArray(actual.value)
+        ? Object.values(actual.value)
+        : actual.value
+      t.same(value, doc.value, `${title}: \`${key}\` defaults to ${cell.split(' |')[0]}`)
+      checked.push(key)
+    }
+    t.ok(checked.length >= 5, `${title}: ${checked.length} documented defaults checked (${checked.join(', ')})`)
   }
 })
