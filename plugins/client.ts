@@ -382,8 +382,9 @@ function createUpstream (fastify: FastifyInstance, options: ResolvedClientOption
   const baseConnector = buildConnector({ ...options.tls, timeout: options.connectTimeout })
   const connector: buildConnector.connector = (connectOpts, callback) => {
     baseConnector(connectOpts, (...args) => {
-      const socket = args[1]
-      if (socket !== null) {
+      // On a failed connect (refused, timed out, aborted) undici passes the error alone.
+      const [err, socket] = args
+      if (err === null && socket != null) {
         // The same string as the URL origin undici keys its pools by.
         const origin = `${connectOpts.protocol}//${connectOpts.host ?? connectOpts.hostname}`
         const c = countersOf(origin)

@@ -121,3 +121,18 @@ export const FLL_ERR_UPSTREAM_CLOSED = createError<'FLL_ERR_UPSTREAM_CLOSED', [s
   'fastify-long-lived: the upstream client is closed (%s)',
   503
 )
+
+/** A saved SSE hub state given to `app.sse.restore()` is malformed: what is wrong is in the message. */
+export const FLL_ERR_SSE_INVALID_STATE = createError<'FLL_ERR_SSE_INVALID_STATE', [string]>(
+  'FLL_ERR_SSE_INVALID_STATE',
+  'fastify-long-lived: the saved SSE state cannot be restored: %s',
+  500,
+  TypeError
+)
+
+/** `app.sse.restore()` came after a channel was created (or after an earlier restore). */
+export const FLL_ERR_SSE_RESTORE_TOO_LATE = createError<'FLL_ERR_SSE_RESTORE_TOO_LATE', [string]>(
+  'FLL_ERR_SSE_RESTORE_TOO_LATE',
+  'fastify-long-lived: app.sse.restore() must come before any channel is created, and only once: %s',
+  500
+)

@@ -21,7 +21,8 @@ export type { DataRate, EffectiveTimeouts, ProxyPresetName, ProxyTimeouts, Timeo
 export * as errors from './errors.js'
 export { default as sse, ssePlugin, acceptsEventStream, encodeEvent, encodeEventText, jsonSerializer, Batch, Channel, Hub, MemoryHistory, SseStream } from './sse/index.js'
 export type {
-  ChannelOptions, HistoryStore, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings, SseSource, StoredEvent, StreamSink, Subscribable
+  ChannelOptions, ChannelState, HistoryStore, HubState, ReplayPoint, SavedEvent, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings,
+  SseSource, StoredEvent, StreamSink, Subscribable
 } from './sse/index.js'
 export { default as shutdown, shutdownPlugin } from './shutdown.js'
 export type { Lifecycle, LifecycleState, ResolvedShutdownOptions, ShutdownCause, ShutdownOptions, ShutdownOutcome, ShutdownSignal } from './shutdown.js'

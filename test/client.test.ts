@@ -460,3 +460,15 @@ test('Prometheus metrics per origin, removed on close', async (t) => {
   t.equal(registry.getSingleMetric('fastify_long_lived_upstream_requests_total'), undefined)
   t.equal((await registry.metrics()).trim(), '')
 })
+
+test('an upstream that refuses the connection: the request rejects with the connect error, nothing else breaks', async (t) => {
+  // A port that was just listening, now closed: connect() is refused.
+  const closed = net.createServer()
+  await new Promise<void>((resolve) => { closed.listen(0, '127.0.0.1', resolve) })
+  const port = (closed.address() as net.AddressInfo).port
+  await new Promise((resolve) => { closed.close(resolve) })
+  const { app } = await appWith(t)
+  await app.ready()
+  await t.rejects(app.upstream.request(`http://127.0.0.1:${port}/`), { code: 'ECONNREFUSED' })
+  t.match(app.upstream.stats()[`http://127.0.0.1:${port}`], { connectionsTotal: 0 }, 'a refused connect is not counted as a connection')
+})

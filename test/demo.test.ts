@@ -57,7 +57,7 @@ test('the demo over HTTP: curl -N and EventSource on /events, 406, messages inta
     t.comment('curl is not installed: its check is skipped (.ci/run installs it)')
   } else {
     t.match(curl.stdout, /event: welcome\n/, 'curl -N sees the stream')
-    t.match(curl.stdout, /event: tick\nid: \d+\ndata: \{"n":\d+,"at":"[^"]+"\}\n\n/)
+    t.match(curl.stdout, /event: tick\nid: [0-9a-z]+-\d+\ndata: \{"n":\d+,"at":"[^"]+"\}\n\n/)
   }
 
   const refused = await request(`${url}/events`, { headers: { accept: 'application/json' } })
@@ -72,7 +72,7 @@ test('the demo over HTTP: curl -N and EventSource on /events, 406, messages inta
   const text = 'line one\nline two\r\nline three\rand unicode: 日本 😀 "quotes" <b>tags</b>\n\n'
   const posted = await request(`${url}/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text }) })
   t.equal(posted.statusCode, 202)
-  t.match(await posted.body.json(), { id: /^\d+$/ })
+  t.match(await posted.body.json(), { id: /^[0-9a-z]+-\d+$/ })
   t.equal(await withDeadline(got.promise, 5000, 'the message event'), text, 'arrives byte for byte')
 
   const bad = await request(`${url}/messages`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text: 'x'.repeat(1001) }) })

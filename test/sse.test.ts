@@ -11,6 +11,9 @@ import { acceptsEventStream, resolveOptions } from '../plugins/sse/index.js'
 import { collect, connect, deferred, get, listen, waitUntil, withDeadline } from './helpers.js'
 import { openStream, sseApp } from './sse-helpers.js'
 
+/** seqOf reads the hub sequence number of a hub-assigned id (`<tag>-<seq>`). */
+const seqOf = (id: string): number => Number(id.slice(id.lastIndexOf('-') + 1))
+
 test('a stream: headers, status, kept headers, events in order, ended when the handler returns', async (t) => {
   const { app } = await sseApp(t)
   app.get('/events', { sse: true }, async (_req, reply) => {
@@ -129,7 +132,7 @@ test('channels: publish once to every subscriber; eventsource reconnects with La
   news.publish({ event: 'news', data: 'live' })
   await waitUntil(() => got.length === 4)
   t.equal(got[3]!.data, 'live')
-  t.ok(Number(missed[0]) < Number(missed[1]), 'channel ids grow')
+  t.ok(seqOf(missed[0]!) < seqOf(missed[1]!), 'channel ids grow')
 })
 
 test('replay: an id no longer in the buffer (or from another process) gets a reset event', async (t) => {
@@ -153,7 +156,7 @@ test('replay: an id no longer in the buffer (or from another process) gets a res
   t.equal(kept.events[1]!.id, t1)
   await kept.close()
 
-  for (const stale of ['1', 'not-an-id', String(Number(t1) + 1000)]) {
+  for (const stale of ['1', 'not-an-id', `${app.sse.tag}-${seqOf(t1) + 1000}`, `zzzzzzzz-${seqOf(t1)}`]) {
     const s = await openStream(t, port, '/events', { 'last-event-id': stale })
     await s.waitEvents(1)
     t.equal(s.events[0]!.event, 'reset', `Last-Event-ID ${stale}`)
@@ -161,22 +164,23 @@ test('replay: an id no longer in the buffer (or from another process) gets a res
   }
 })
 
-test('ephemeral channels: no ids, no replay, never a reset; restored events resume clients across a restart', async (t) => {
+test('ephemeral channels: no ids, no replay, never a reset; a restored hub resumes clients across a restart', async (t) => {
   const { app: first } = await sseApp(t)
   const oldTicks = first.sse.channel('ticks', { historySize: 3 })
   const oldIds = [1, 2, 3, 4].map((n) => oldTicks.publish({ event: 'tick', data: { n } }))
-  const saved = oldTicks.events()
-  t.equal(saved.length, 3)
+  const saved = JSON.parse(JSON.stringify(first.sse.save()))
+  t.equal(saved.channels.ticks.events.length, 3)
   await first.close()
 
   // The next process starts with what the first one saved.
   const { app } = await sseApp(t)
-  const ticks = app.sse.channel('ticks', { historySize: 3, events: saved })
+  app.sse.restore(saved)
+  const ticks = app.sse.channel('ticks', { historySize: 3 })
   const stats = app.sse.channel('stats', { ephemeral: true })
   app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe([ticks, stats]) })
   const port = await listen(app)
   const newId = ticks.publish({ event: 'tick', data: { n: 5 } })
-  t.ok(Number(newId) > Number(oldIds[3]), 'ids keep growing across the restart')
+  t.equal(newId, `${first.sse.tag}-${seqOf(oldIds[3]!) + 1}`, 'the restored hub keeps its tag and goes on with its sequence')
   t.equal(stats.publish({ event: 'stats', data: { open: 1 } }), '', 'an ephemeral event has no id')
 
   const resumed = await openStream(t, port, '/events', { 'last-event-id': oldIds[1]! })
@@ -205,7 +209,7 @@ test('a replay across several channels comes in publish order', async (t) => {
   const s = await openStream(t, port, '/events', { 'last-event-id': first })
   await s.waitEvents(3)
   t.same(s.events.map((e) => e.data), ['b1', 'a2', 'b2'])
-  t.ok(s.events.every((e, i) => i === 0 || Number(e.id) > Number(s.events[i - 1]!.id)), 'ids only grow')
+  t.ok(s.events.every((e, i) => i === 0 || seqOf(e.id!) > seqOf(s.events[i - 1]!.id!)), 'ids only grow')
 })
 
 test('Last-Event-ID from a query parameter only when enabled', async (t) => {
@@ -390,8 +394,10 @@ test('a burst larger than maxBufferedBytes within one turn does not cut a client
   const ch = app.sse.channel('c', { historySize: 1000 })
   app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe(ch) })
   const port = await listen(app)
-  for (let i = 0; i < 300; i++) ch.publish({ data: 'h'.repeat(1024) }) // 300 KB of history
-  const s = await openStream(t, port, '/events', { 'last-event-id': String(Number(ch.publish({ data: 'first' })) - 1) }, { keepData: false })
+  let before = ''
+  for (let i = 0; i < 300; i++) before = ch.publish({ data: 'h'.repeat(1024) }) // 300 KB of history
+  ch.publish({ data: 'first' })
+  const s = await openStream(t, port, '/events', { 'last-event-id': before }, { keepData: false })
   await s.waitEvents(1)
   for (let i = 0; i < 500; i++) ch.publish({ data: 'b'.repeat(1024) }) // 500 KB in one turn
   await s.waitEvents(501)

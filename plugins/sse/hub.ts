@@ -4,78 +4,207 @@
  * lets a reconnecting client with Last-Event-ID receive exactly what it missed, in order, or a
  * `reset` event when that is no longer possible.
  *
- * Ids: when the publisher gives none, the channel assigns one from a sequence shared by the
- * whole hub, so a stream subscribed to several channels can resume all of them from the one
- * Last-Event-ID a client keeps. The sequence starts at the boot time in microseconds, so ids
- * keep growing across restarts and an id from an earlier process is known to be lost (reset)
- * rather than mistaken for one of ours. A publisher's own ids are kept as they are
- * (resumable per channel, by exact match).
+ * Ids: when the publisher gives none, the channel assigns `<tag>-<seq>`: `seq` numbers every
+ * publish of the hub, on all its channels, and `tag` names the hub (random when it starts, kept
+ * by save() and restore()). A stream resumes all its channels from the one Last-Event-ID a client
+ * keeps: the id is placed once in the hub's order (one of our ids: its seq; else a kept event with
+ * exactly that id, a publisher's own, in one of the stream's channels: that event's seq), then
+ * each channel replays its events after that point, or sends `reset` if it no longer keeps them
+ * all (its watermark, `lostUpTo`). An id the hub cannot place (another instance's, another
+ * process's that was not restored, a publisher's id pushed out of the history) gets `reset`,
+ * never a replay.
  *
  * Storage sits behind `HistoryStore`, the seam where a pub/sub backend can plug in later.
  */
+import { randomBytes } from 'node:crypto'
+import { FLL_ERR_SSE_INVALID_STATE, FLL_ERR_SSE_RESTORE_TOO_LATE } from '../errors.js'
+import { describe, invalid, isPlainObject, objectOption, positiveIntOrNull } from '../options.js'
 import { Batch } from './batch.js'
-import { encodeEvent, type Serializer, type SseEvent } from './encoder.js'
-import type { StreamSink, Subscribable } from './stream.js'
+import { encodeEvent, encodeEventText, type Serializer, type SseEvent } from './encoder.js'
+import type { ReplayPoint, StreamSink, Subscribable } from './stream.js'
 
 /** One published event, encoded once. `seq` orders events across all channels of a hub. */
 export interface StoredEvent {
   readonly seq: number
   readonly id: string
   readonly buf: Buffer
+  /** Date.now() when it was published. */
   readonly at: number
 }
 
 /** HistoryStore keeps a channel's recent events for replay (in memory by default). */
 export interface HistoryStore {
   append (event: StoredEvent): void
+  /** seqOf returns the seq of the newest kept event whose id is exactly `id`, or null. */
+  seqOf (id: string): number | null
   /**
-   * since returns the events after `lastEventId`, oldest first, or null when the events after
-   * it are no longer all kept (or the id was never seen): the client must then reset.
+   * after returns the kept events with a seq above `seq`, oldest first, or null when some of
+   * this channel's events after it are no longer kept: the client must then reset.
    */
-  since (lastEventId: string): StoredEvent[] | null
+  after (seq: number): StoredEvent[] | null
 }
 
 /** Options of one channel. */
 export interface ChannelOptions {
-  /** historySize is how many recent events are kept for replay. 0 keeps none. @default 100 */
+  /** historySize is how many recent events are kept for replay. 0 keeps none. @default 100 (the plugin's `history`) */
   historySize?: number
-  /** historyTtl (ms) drops kept events older than that. null: kept until pushed out. @default null */
+  /** historyTtl (ms) drops kept events older than that. null: kept until pushed out. @default null (the plugin's `history`) */
   historyTtl?: number | null
   /**
    * ephemeral marks a channel of throw-away events (live stats, presence): they carry no id
-   * unless the publisher gives one, are never replayed, and missing them never causes a reset.
-   * @default false
+   * unless the publisher gives one, are never replayed or saved, and missing them never causes
+   * a reset. @default false
    */
   ephemeral?: boolean
-  /**
-   * events seeds the replay buffer with events kept from an earlier process (`channel.events()`
-   * saved on close), so clients resume across a restart. Only at creation. @default []
-   */
-  events?: readonly StoredEvent[]
 }
 
 /** The hub-wide defaults of the replay buffer. */
 export type HistoryDefaults = Required<Pick<ChannelOptions, 'historySize' | 'historyTtl'>>
 
+/** One kept event in a saved state: its encoded bytes as text (UTF-8). */
+export interface SavedEvent {
+  seq: number
+  id: string
+  at: number
+  text: string
+}
+
+/** What a saved state keeps of one channel. */
+export interface ChannelState {
+  /** lostUpTo is the channel's watermark: the highest seq of its events that is no longer kept (0: none lost). */
+  lostUpTo: number
+  /** events are the kept events, oldest first. */
+  events: SavedEvent[]
+}
+
+/**
+ * HubState is what `app.sse.save()` returns and `app.sse.restore()` takes: plain JSON, so it can
+ * be written to a file at close and read back at the next start.
+ */
+export interface HubState {
+  /** version of this layout. */
+  version: 1
+  /** tag of the hub that saved it: a restored hub keeps it, so the ids it gave are still its own. */
+  tag: string
+  /** seq is the last number of the hub's sequence: a restored hub goes on from there. */
+  seq: number
+  /** channels holds each channel's history and watermark (ephemeral channels are not saved). */
+  channels: Record<string, ChannelState>
+}
+
+const stateVersion = 1
+// The slabs kept events are encoded into: see Slabs.
+const minSlab = 1024
+const maxSlab = 64 * 1024
+
+/** The numbering one hub's channels share (module-private): its tag and its sequence. */
+class Sequence {
+  tag: string
+  /** `<tag>-`, the start of every id the hub assigns. */
+  prefix: string
+  /** The seq of the last event published on any channel of the hub (0: none yet). */
+  last = 0
+
+  constructor (tag: string) {
+    this.tag = tag
+    this.prefix = `${tag}-`
+  }
+
+  /** seqOf returns the seq of an id this hub assigned, or null for any other id. */
+  seqOf (id: string): number | null {
+    if (!id.startsWith(this.prefix)) return null
+    const digits = id.slice(this.prefix.length)
+    if (!/^[1-9]\d{0,15}$/.test(digits)) return null
+    const seq = Number(digits)
+    // An id of ours "from the future" was not given by this process: it cannot be vouched for.
+    return seq <= this.last ? seq : null
+  }
+}
+
+/** newTag returns a random hub tag: 8 base36 characters (40 bits). */
+function newTag (): string {
+  return randomBytes(5).readUIntBE(0, 5).toString(36).padStart(8, '0')
+}
+
+/**
+ * Slabs hold the bytes of a channel's kept events, one after the other, so a history costs about
+ * what its events weigh. `Buffer.from()` of a small string is a slice of Node's shared 8 KB pool,
+ * and a kept slice keeps its whole pool alive: small events published between other work each
+ * pinned a pool of their own (40 KB of events held 3.9 MB). A slab holds only this channel's
+ * events, and the history lets go of them oldest first, so only the oldest slab (its start) and
+ * the newest (its end) hold bytes of no kept event. A slab is sized to about an eighth of what
+ * the history holds (1 KB to 64 KB); an event larger than a quarter of it gets an allocation of
+ * its own. Encoding into a slab is as cheap as Buffer.from() (no copy, no allocation per event).
+ */
+class Slabs {
+  #slab: Buffer | null = null
+  #used = 0
+
+  /** bytes returns `text` as UTF-8 in this channel's memory; `held` is what the history holds now (bytes). */
+  bytes (text: string, held: number): Buffer {
+    const length = Buffer.byteLength(text)
+    let slab = this.#slab
+    if (slab === null || this.#used + length > slab.length) {
+      let size = minSlab
+      while (size < maxSlab && size * 8 < held) size *= 2
+      // A slab wastes at most a quarter at its end: a larger event gets its own allocation.
+      if (length * 4 > size) return ownBuffer(text, length)
+      slab = this.#slab = Buffer.allocUnsafeSlow(size)
+      this.#used = 0
+    }
+    const start = this.#used
+    slab.write(text, start, length)
+    this.#used = start + length
+    return slab.subarray(start, start + length)
+  }
+}
+
+function ownBuffer (text: string, length: number): Buffer {
+  const buf = Buffer.allocUnsafeSlow(length)
+  buf.write(text, 0, length)
+  return buf
+}
+
 /** MemoryHistory is a ring of the last `size` events, optionally expiring after `ttl` ms. */
 export class MemoryHistory implements HistoryStore {
   readonly #size: number
   readonly #ttl: number | null
+  readonly #slabs = new Slabs()
   #events: StoredEvent[] = []
-  /** The highest seq no longer kept (or never kept: before this hub began): a client behind it has lost events. */
-  #lostUpTo: number
+  #bytes = 0
+  /** The highest seq no longer kept: a client behind it has lost events. 0: none lost. */
+  #lostUpTo = 0
 
-  constructor (size: number, ttl: number | null, firstSeq: number) {
+  constructor (size: number, ttl: number | null) {
     this.#size = size
     this.#ttl = ttl
-    this.#lostUpTo = firstSeq - 1
   }
 
-  /** restore seeds the buffer with earlier events (oldest first); the ones before them count as lost. */
-  restore (events: readonly StoredEvent[]): void {
+  /** keeps tells whether the history keeps any event (historySize > 0). */
+  get keeps (): boolean { return this.#size > 0 }
+
+  /** lostUpTo is the watermark: the highest seq no longer kept (0: none lost). */
+  get lostUpTo (): number {
+    this.#expire()
+    return this.#lostUpTo
+  }
+
+  /**
+   * bytes returns the encoded event `text` as a Buffer in the history's own memory (see Slabs),
+   * for an event it will keep.
+   */
+  bytes (text: string): Buffer { return this.#slabs.bytes(text, this.#bytes) }
+
+  /**
+   * restore starts the history from a saved state (before any append): its events (oldest first;
+   * those beyond historySize count as lost) and its watermark.
+   */
+  restore (state: ChannelState): void {
     if (this.#events.length > 0) throw new Error('MemoryHistory.restore() must come before any append()')
-    this.#events = events.slice(-this.#size)
-    if (this.#events.length > 0) this.#lostUpTo = this.#events[0]!.seq - 1
+    this.#lostUpTo = state.lostUpTo
+    for (const e of state.events) {
+      this.append({ seq: e.seq, id: e.id, at: e.at, buf: this.keeps ? this.bytes(e.text) : Buffer.from(e.text, 'utf8') })
+    }
   }
 
   /** events returns the kept events, oldest first (expired ones dropped). */
@@ -86,20 +215,26 @@ export class MemoryHistory implements HistoryStore {
 
   append (event: StoredEvent): void {
     this.#events.push(event)
+    this.#bytes += event.buf.length
     if (this.#events.length > this.#size) this.#forget(this.#events.length - this.#size)
   }
 
-  since (lastEventId: string): StoredEvent[] | null {
+  seqOf (id: string): number | null {
     this.#expire()
     const events = this.#events
     for (let i = events.length - 1; i >= 0; i--) {
-      if (events[i]!.id === lastEventId) return events.slice(i + 1)
+      if (events[i]!.id === id) return events[i]!.seq
     }
-    // Not one of ours: a hub sequence number from another channel of the same stream?
-    if (!/^\d{1,16}$/.test(lastEventId)) return null
-    const seq = Number(lastEventId)
+    return null
+  }
+
+  after (seq: number): StoredEvent[] | null {
+    this.#expire()
     if (seq < this.#lostUpTo) return null
-    return events.filter((e) => e.seq > seq)
+    const events = this.#events
+    let i = events.length
+    while (i > 0 && events[i - 1]!.seq > seq) i--
+    return events.slice(i)
   }
 
   #expire (): void {
@@ -112,14 +247,21 @@ export class MemoryHistory implements HistoryStore {
 
   #forget (n: number): void {
     const gone = this.#events.splice(0, n)
+    for (const e of gone) this.#bytes -= e.buf.length
     this.#lostUpTo = gone[gone.length - 1]!.seq
   }
 }
 
+// Set by Hub's static block: the numbering a channel of `hub` shares.
+let sequenceOf: (hub: Hub) => Sequence
+// Set by Channel's static block: what save() keeps of a channel (null: ephemeral).
+let channelState: (channel: Channel) => ChannelState | null
+
 /** Channel is one named topic of a hub. */
 export class Channel implements Subscribable {
   readonly name: string
-  readonly #hub: Hub
+  readonly #serializer: Serializer
+  readonly #sequence: Sequence
   readonly #history: MemoryHistory | null
   readonly #sinks = new Set<StreamSink>()
   /** The batch this turn's publishes go to, until it is sealed. */
@@ -127,12 +269,13 @@ export class Channel implements Subscribable {
 
   /** A null history makes an ephemeral channel. */
   constructor (hub: Hub, name: string, history: MemoryHistory | null) {
-    this.#hub = hub
+    this.#serializer = hub.serializer
+    this.#sequence = sequenceOf(hub)
     this.name = name
     this.#history = history
   }
 
-  /** events returns the events kept for replay, oldest first: save them to resume after a restart. */
+  /** events returns the events kept for replay, oldest first (to look at; `app.sse.save()` saves them). */
   events (): StoredEvent[] { return this.#history?.events() ?? [] }
 
   /** subscribers is the number of streams currently subscribed. */
@@ -140,18 +283,24 @@ export class Channel implements Subscribable {
 
   /**
    * publish encodes `event` once, keeps it for replay and writes it to every subscriber.
-   * Returns the event's id (the channel's sequence when the event had none).
+   * Returns the event's id (`<tag>-<seq>` when the event had none; '' for an ephemeral event without one).
    */
   publish (event: SseEvent): string {
-    if (this.#history === null) {
-      this.#deliver(encodeEvent(event, this.#hub.serializer))
+    const history = this.#history
+    if (history === null) {
+      this.#deliver(encodeEvent(event, this.#serializer))
       return event.id === undefined ? '' : String(event.id)
     }
-    const seq = this.#hub.nextSeq()
-    const id = event.id === undefined ? String(seq) : String(event.id)
-    const buf = encodeEvent(event.id === undefined ? { ...event, id } : event, this.#hub.serializer)
+    // The sequence moves only once the event is encoded: an invalid event leaves no hole.
+    const seq = this.#sequence.last + 1
+    const id = event.id === undefined ? this.#sequence.prefix + seq : String(event.id)
+    const withId = event.id === undefined ? { ...event, id } : event
+    // A kept event is encoded into the history's own memory (see Slabs); one kept by none
+    // (historySize 0) into Node's pool, the cheapest.
+    const buf = history.keeps ? history.bytes(encodeEventText(withId, this.#serializer)) : encodeEvent(withId, this.#serializer)
+    this.#sequence.last = seq
     // Appended even with historySize 0: the history then knows the event was lost.
-    this.#history.append({ seq, id, buf, at: Date.now() })
+    history.append({ seq, id, buf, at: Date.now() })
     this.#deliver(buf)
     return id
   }
@@ -176,11 +325,25 @@ export class Channel implements Subscribable {
     if (channel.#batch === batch) channel.#batch = null
   }
 
-  missed (lastEventId: string): StoredEvent[] | null {
+  static {
+    channelState = (channel) => {
+      const history = channel.#history
+      if (history === null) return null
+      const events = history.events().map((e) => ({ seq: e.seq, id: e.id, at: e.at, text: e.buf.toString('utf8') }))
+      return { lostUpTo: history.lostUpTo, events }
+    }
+  }
+
+  locate (lastEventId: string): ReplayPoint | null {
+    const seq = this.#sequence.seqOf(lastEventId) ?? this.#history?.seqOf(lastEventId) ?? null
+    return seq === null ? null : { scope: this.#sequence, seq }
+  }
+
+  missed (point: ReplayPoint | null): StoredEvent[] | null {
     if (this.#history === null) return [] // ephemeral: nothing to replay, nothing to lose
-    // An id "from the future" belongs to another process: what came between is unknown.
-    if (/^\d{1,16}$/.test(lastEventId) && Number(lastEventId) > this.#hub.lastSeq) return null
-    return this.#history.since(lastEventId)
+    // Not placed, or placed in another hub's order: what this channel published since is unknown.
+    if (point === null || point.scope !== this.#sequence) return null
+    return this.#history.after(point.seq)
   }
 
   attach (sink: StreamSink): void {
@@ -194,37 +357,53 @@ export class Channel implements Subscribable {
   }
 }
 
+const channelKeys = ['historySize', 'historyTtl', 'ephemeral'] as const
+
 /** Hub holds the channels of one app (`fastify.sse`). */
 export class Hub {
   readonly serializer: Serializer
   readonly #channels = new Map<string, Channel>()
   readonly #defaults: HistoryDefaults
-  readonly #firstSeq: number
-  #seq: number
+  readonly #sequence = new Sequence(newTag())
+  /** The saved channels restore() took, until their channel is created (save() carries the others over). */
+  #saved: Map<string, ChannelState> | null = null
 
-  constructor (serializer: Serializer, defaults: HistoryDefaults, now = Date.now()) {
-    this.serializer = serializer
-    this.#defaults = defaults
-    this.#firstSeq = now * 1000
-    this.#seq = this.#firstSeq - 1
+  static {
+    sequenceOf = (hub) => hub.#sequence
   }
 
-  /** nextSeq returns the next number of the hub-wide sequence. */
-  nextSeq (): number { return ++this.#seq }
+  constructor (serializer: Serializer, defaults: HistoryDefaults) {
+    this.serializer = serializer
+    this.#defaults = defaults
+  }
 
-  /** lastSeq is the number of the last event published on any channel. */
-  get lastSeq (): number { return this.#seq }
+  /** tag names this hub in the ids it assigns (`<tag>-<seq>`): random when it starts, kept by save() and restore(). */
+  get tag (): string { return this.#sequence.tag }
 
-  /** channel returns the channel `name`, created with `opts` the first time. */
-  channel (name: string, opts: ChannelOptions = {}): Channel {
+  /**
+   * channel returns the channel `name` (a non-empty string), created with `opts` the first time.
+   * Invalid options throw FLL_ERR_INVALID_OPTION. A channel the restored state holds starts with
+   * its saved history and watermark.
+   */
+  channel (name: string, opts?: ChannelOptions): Channel {
+    if (typeof name !== 'string' || name === '') throw invalid('channel name', 'a non-empty string', name)
+    const o = objectOption(`channel(${name})`, opts, channelKeys)
+    const historySize = o.historySize ?? this.#defaults.historySize
+    if (typeof historySize !== 'number' || !Number.isSafeInteger(historySize) || historySize < 0) {
+      throw invalid(`channel(${name}).historySize`, 'an integer >= 0 (events kept; 0 keeps none)', historySize)
+    }
+    const historyTtl = positiveIntOrNull(`channel(${name}).historyTtl`, o.historyTtl, this.#defaults.historyTtl, 'ms')
+    if (o.ephemeral !== undefined && typeof o.ephemeral !== 'boolean') throw invalid(`channel(${name}).ephemeral`, 'a boolean', o.ephemeral)
     let channel = this.#channels.get(name)
     if (channel === undefined) {
-      const size = opts.historySize ?? this.#defaults.historySize
-      const ttl = opts.historyTtl === undefined ? this.#defaults.historyTtl : opts.historyTtl
       let history: MemoryHistory | null = null
-      if (opts.ephemeral !== true) {
-        history = new MemoryHistory(size, ttl, this.#firstSeq)
-        if (opts.events !== undefined) history.restore(opts.events)
+      if (o.ephemeral !== true) {
+        history = new MemoryHistory(historySize, historyTtl)
+        const saved = this.#saved?.get(name)
+        if (saved !== undefined) {
+          history.restore(saved)
+          this.#saved!.delete(name)
+        }
       }
       channel = new Channel(this, name, history)
       this.#channels.set(name, channel)
@@ -234,4 +413,89 @@ export class Hub {
 
   /** channels lists the names of the channels created so far. */
   get channels (): string[] { return [...this.#channels.keys()] }
+
+  /**
+   * save returns the hub's state as plain JSON: its tag and sequence, and each channel's kept
+   * events and watermark (the saved channels of a restore that were not created since are
+   * carried over). Write it somewhere when the app closes; give it to restore() at the next start,
+   * and clients resume across the restart exactly: each gets what it missed, or `reset`.
+   */
+  save (): HubState {
+    const channels: Record<string, ChannelState> = {}
+    for (const [name, saved] of this.#saved ?? []) channels[name] = saved
+    for (const [name, channel] of this.#channels) {
+      const state = channelState(channel)
+      if (state !== null) channels[name] = state
+    }
+    return { version: stateVersion, tag: this.#sequence.tag, seq: this.#sequence.last, channels }
+  }
+
+  /**
+   * restore makes this hub go on from a state save() returned (e.g. read back from a file):
+   * it takes its tag and sequence, and channels created later start from their saved history and
+   * watermark. It must come before any channel is created (FLL_ERR_SSE_RESTORE_TOO_LATE), and
+   * only once. `state` is checked whole first: anything malformed throws FLL_ERR_SSE_INVALID_STATE,
+   * saying what is wrong, and leaves the hub as it was.
+   */
+  restore (state: unknown): void {
+    if (this.#saved !== null) throw new FLL_ERR_SSE_RESTORE_TOO_LATE('restore() was already called')
+    if (this.#channels.size > 0) {
+      throw new FLL_ERR_SSE_RESTORE_TOO_LATE(`channels were already created: ${[...this.#channels.keys()].join(', ')}`)
+    }
+    const checked = checkState(state)
+    this.#sequence.tag = checked.tag
+    this.#sequence.prefix = `${checked.tag}-`
+    this.#sequence.last = checked.seq
+    this.#saved = new Map(Object.entries(checked.channels))
+  }
+}
+
+/** checkState returns `value` as a HubState (a copy), or throws FLL_ERR_SSE_INVALID_STATE naming what is wrong. */
+function checkState (value: unknown): HubState {
+  const fail = (path: string, accepted: string, received: unknown): Error => {
+    const text = describe(received)
+    return new FLL_ERR_SSE_INVALID_STATE(`${path} must be ${accepted}, received ${text.length > 100 ? `${text.slice(0, 100)}...` : text}`)
+  }
+  const object = (path: string, v: unknown, keys: readonly string[]): Record<string, unknown> => {
+    if (!isPlainObject(v)) throw fail(path, 'an object', v)
+    for (const key of keys) if (!(key in v)) throw fail(`${path}.${key}`, 'present', undefined)
+    for (const key of Object.keys(v)) if (!keys.includes(key)) throw fail(path, `an object of ${keys.join(', ')}`, `the unknown key '${key}'`)
+    return v
+  }
+  const seqIn = (path: string, v: unknown, min: number, max: number): number => {
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min || v > max) throw fail(path, `an integer from ${min} to ${max}`, v)
+    return v
+  }
+
+  const s = object('state', value, ['version', 'tag', 'seq', 'channels'])
+  if (s.version !== stateVersion) throw fail('state.version', String(stateVersion), s.version)
+  if (typeof s.tag !== 'string' || !/^[0-9a-z]{1,32}$/.test(s.tag)) throw fail('state.tag', 'a tag of 1 to 32 characters 0-9 a-z', s.tag)
+  const seq = seqIn('state.seq', s.seq, 0, Number.MAX_SAFE_INTEGER)
+  if (!isPlainObject(s.channels)) throw fail('state.channels', 'an object', s.channels)
+  const channels: Record<string, ChannelState> = {}
+  for (const [name, c] of Object.entries(s.channels)) {
+    const path = `state.channels[${JSON.stringify(name)}]`
+    if (name === '') throw fail('state.channels', 'named by non-empty strings', name)
+    const channel = object(path, c, ['lostUpTo', 'events'])
+    const lostUpTo = seqIn(`${path}.lostUpTo`, channel.lostUpTo, 0, seq)
+    if (!Array.isArray(channel.events)) throw fail(`${path}.events`, 'an array', channel.events)
+    let previous = lostUpTo
+    const events = channel.events.map((e: unknown, i): SavedEvent => {
+      const at = `${path}.events[${i}]`
+      const event = object(at, e, ['seq', 'id', 'at', 'text'])
+      // In publish order, after the watermark, and numbered by this state's sequence.
+      previous = seqIn(`${at}.seq`, event.seq, previous + 1, seq)
+      if (typeof event.id !== 'string') throw fail(`${at}.id`, 'a string', event.id)
+      if (typeof event.at !== 'number' || !Number.isFinite(event.at)) throw fail(`${at}.at`, 'a time in ms', event.at)
+      // The text is written to clients as it is: it must be one whole event, carrying its id.
+      const text = event.text
+      if (typeof text !== 'string' || !text.endsWith('\n\n') || text.indexOf('\n\n') !== text.length - 2 ||
+          text.includes('\r') || !`\n${text}`.includes(`\nid: ${event.id}\n`)) {
+        throw fail(`${at}.text`, `one encoded event with the line 'id: ${event.id}'`, text)
+      }
+      return { seq: previous, id: event.id, at: event.at, text }
+    })
+    channels[name] = { lostUpTo, events }
+  }
+  return { version: stateVersion, tag: s.tag, seq, channels }
 }

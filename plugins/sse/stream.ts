@@ -34,14 +34,26 @@ export interface StreamSettings {
   lastEventIdQuery: string | null
 }
 
+/** A place in one hub's publish order: `seq` in the numbering of `scope` (the hub's, opaque). */
+export interface ReplayPoint {
+  readonly scope: object
+  readonly seq: number
+}
+
 /** Something a stream can subscribe to (a hub channel). */
 export interface Subscribable {
   readonly name: string
   /**
-   * missed returns the events published after `lastEventId` (each with its hub-wide `seq`, so
-   * several channels' replays can be merged in publish order), or null when they are lost.
+   * locate places a Last-Event-ID in its hub's publish order: an id the hub assigned, or the id
+   * of an event this channel keeps (a publisher's own). null when this channel cannot place it.
    */
-  missed (lastEventId: string): Array<{ seq: number, buf: Buffer }> | null
+  locate (lastEventId: string): ReplayPoint | null
+  /**
+   * missed returns the events published after `point` (each with its hub-wide `seq`, so several
+   * channels' replays can be merged in publish order), or null when some are lost, or `point`
+   * is null or another hub's: the client must reset.
+   */
+  missed (point: ReplayPoint | null): Array<{ seq: number, buf: Buffer }> | null
   /** attach delivers every new event to `sink` until detach. */
   attach (sink: StreamSink): void
   detach (sink: StreamSink): void
@@ -278,8 +290,9 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   }
 
   /**
-   * subscribe joins hub channels: it replays what the client missed since its Last-Event-ID,
-   * then delivers every new event, until the stream closes. Subscribing keeps the stream open.
+   * subscribe joins hub channels: it replays what the client missed since its Last-Event-ID
+   * (in publish order across the channels), or sends `reset` for a channel that can no longer
+   * tell, then delivers every new event, until the stream closes. Subscribing keeps the stream open.
    */
   subscribe (channels: Subscribable | Subscribable[]): { replayed: number, reset: boolean } {
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
@@ -290,8 +303,15 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     const missed: Array<{ seq: number, buf: Buffer }> = []
     let reset = false
     if (this.#lastEventId !== null) {
+      // The id is placed once for the whole stream (one of the hub's ids, or a publisher's id
+      // kept by one of the channels), and every channel resumes from that same point.
+      let point: ReplayPoint | null = null
+      for (const channel of [...list, ...subscriptions]) {
+        point = channel.locate(this.#lastEventId)
+        if (point !== null) break
+      }
       for (const channel of list) {
-        const events = channel.missed(this.#lastEventId)
+        const events = channel.missed(point)
         if (events !== null) {
           missed.push(...events)
         } else {
