@@ -93,8 +93,14 @@ export const page = `<!doctype html>
 <script>
 (() => {
   const $ = (id) => document.getElementById(id)
-  const ticks = []          // every tick number received, in order (the test reads it)
-  const received = new Set() // event ids seen, to tell a replay from a duplicate
+  const ticks = []          // the tick numbers received, in order, the last 5000 (the test reads them)
+  const received = new Set() // the last 2000 event ids seen, to tell a replay from a duplicate
+  // Kept bounded, so a page left open for days does not grow: a replay never reaches further
+  // back than the server's history (500 events per channel).
+  const remember = (id) => {
+    received.add(id)
+    if (received.size > 2000) received.delete(received.values().next().value)
+  }
   let connections = 0        // streams opened, across every EventSource the page made
   const samples = []         // the last minute, one sample a second: { at, events, connections }
   window.demo = { ticks, notes: [], messages: [], retries: [], welcomes: [], chart: { samples } }
@@ -152,15 +158,16 @@ export const page = `<!doctype html>
       seen(e)
       const { n } = JSON.parse(e.data)
       if (received.has(e.lastEventId)) return
-      received.add(e.lastEventId)
+      remember(e.lastEventId)
       ticks.push(n)
+      if (ticks.length > 5000) ticks.splice(0, ticks.length - 5000)
       $('tick').textContent = n
       $('ticklog').textContent = ticks.slice(-30).join(' ')
     },
     message (e) {
       seen(e)
       if (received.has(e.lastEventId)) return
-      received.add(e.lastEventId)
+      remember(e.lastEventId)
       const { text } = JSON.parse(e.data)
       window.demo.messages.push(text)
       const li = document.createElement('li')

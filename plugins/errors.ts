@@ -39,20 +39,6 @@ export const FLL_ERR_MISSING_PEER = createError<'FLL_ERR_MISSING_PEER', [string,
   500
 )
 
-/** A request body arrived slower than timeouts' minDataRate.request allows. */
-export const FLL_ERR_SLOW_UPLOAD = createError<'FLL_ERR_SLOW_UPLOAD', [number, number]>(
-  'FLL_ERR_SLOW_UPLOAD',
-  'fastify-long-lived: request body arrived at %d bytes/s, below the minimum of %d bytes/s',
-  408
-)
-
-/** A client read a response slower than timeouts' minDataRate.response allows. */
-export const FLL_ERR_SLOW_DOWNLOAD = createError<'FLL_ERR_SLOW_DOWNLOAD', [number, number]>(
-  'FLL_ERR_SLOW_DOWNLOAD',
-  'fastify-long-lived: response was read at %d bytes/s, below the minimum of %d bytes/s',
-  500
-)
-
 /** An SSE event has a field the event-stream parser would read differently (or not at all). */
 export const FLL_ERR_SSE_INVALID_EVENT = createError<'FLL_ERR_SSE_INVALID_EVENT', [string, string, { cause: unknown }?]>(
   'FLL_ERR_SSE_INVALID_EVENT',

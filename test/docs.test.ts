@@ -3,9 +3,9 @@
  * validation knows has a row in that plugin's section, with a type and a default.
  */
 import { test, type Test } from 'tap'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import type { FastifyPluginAsync } from 'fastify'
-import { client, connections, longLived, shutdown, sse, timeouts } from '../plugins/index.js'
+import { client, connections, errors, longLived, shutdown, sse, timeouts } from '../plugins/index.js'
 import { fastifyRegisterKeys } from '../plugins/options.js'
 import { resolveOptions as resolveClient } from '../plugins/client.js'
 import { resolveOptions as resolveShutdown } from '../plugins/shutdown.js'
@@ -140,4 +140,21 @@ test('every default the README documents is the one the code resolves (from the 
     }
     t.ok(checked.length >= 5, `${title}: ${checked.length} documented defaults checked (${checked.join(', ')})`)
   }
+})
+
+test('every error code the plugins export, and every warning code they log, has a row in "Error and warning codes"', async (t) => {
+  const text = section('## Error and warning codes')
+  t.ok(text.length > 0, 'the section exists')
+  const documentedCodes = new Set([...text.matchAll(/^\| `(FLL_(?:ERR|WARN)_[A-Z_]+)` \|/gm)].map((m) => m[1]))
+  // Each export of errors.ts is named after its code.
+  const exported = Object.keys(errors)
+  t.ok(exported.length >= 10, `${exported.length} exported error codes`)
+  // Warnings (and an error answered without an Error object) are written with a literal code in the plugins' sources.
+  const sources = readdirSync(new URL('../plugins/', import.meta.url), { recursive: true, encoding: 'utf8' })
+    .filter((f) => f.endsWith('.ts'))
+    .map((f) => readFileSync(new URL(`../plugins/${f}`, import.meta.url), 'utf8'))
+  const warned = new Set(sources.flatMap((src) => [...src.matchAll(/'(FLL_(?:WARN|ERR)_[A-Z_]+)'/g)].map((m) => m[1]!)))
+  t.ok(warned.size >= 20, `${warned.size} codes written in the sources`)
+  for (const code of [...exported, ...warned]) t.ok(documentedCodes.has(code), `${code} has a row`)
+  for (const code of documentedCodes) t.ok(exported.includes(code!) || warned.has(code!), `${code} is still raised by the code`)
 })

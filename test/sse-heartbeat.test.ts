@@ -8,7 +8,8 @@
  */
 import { test } from 'tap'
 import { Heartbeats, tickPeriod, type HeartbeatClock, type HeartbeatTarget, type HeartbeatTimer } from '../plugins/sse/heartbeat.js'
-import { collect, connect, get, listen, prng, waitUntil } from './helpers.js'
+import { longLived, type LongLivedOptions, type SseRouteOption } from '../plugins/index.js'
+import { build, collect, connect, get, listen, logCapture, prng, waitUntil } from './helpers.js'
 import { sseApp } from './sse-helpers.js'
 
 interface FakeTimer extends HeartbeatTimer { fn: () => void, ms: number, due: number }
@@ -179,4 +180,24 @@ test('a quiet stream on a real socket: heartbeats at most heartbeatInterval apar
     const gaps = s.gaps().map(Math.round)
     t.ok(Math.max(...gaps) <= interval + margin, `${name} stream: gaps ${gaps.join(', ')} ms, none over ${interval} + ${margin}`)
   }
+})
+
+test('a heartbeat at or above the proxy\'s longest accepted silence is a warning, for the plugin and for a route', async (t) => {
+  const warnings = async (opts: LongLivedOptions, route?: SseRouteOption): Promise<string[]> => {
+    const { logger, lines } = logCapture('warn')
+    const app = build(t, { logger })
+    await app.register(longLived, { shutdown: false, ...opts })
+    if (route !== undefined) app.get('/events', { sse: route }, async (_req, reply) => { reply.sse.keepAlive() })
+    await app.ready()
+    await app.close()
+    return lines.filter((l) => l.code === 'FLL_WARN_HEARTBEAT_ABOVE_PROXY').map((l) => l.msg)
+  }
+  t.same(await warnings({ timeouts: { proxy: 'aws-alb' } }), [], 'the default 15 s behind an ALB (60 s): none')
+  t.same(await warnings({ sse: { heartbeatInterval: 120e3 } }), [], 'no proxy named: nothing to check against')
+  t.match(await warnings({ timeouts: { proxy: 'aws-alb' }, sse: { heartbeatInterval: 60e3 } }),
+    [/heartbeatInterval of the sse plugin \(60000 ms\) is not below the longest silence the proxy \(aws-alb\) accepts \(60000 ms\)/])
+  t.match(await warnings({ timeouts: { proxy: 'gcp-lb' } }, { heartbeatInterval: null }),
+    [/heartbeatInterval of route GET \/events \(null: no heartbeat\) is not below .* \(gcp-lb\) accepts \(30000 ms\)/], 'a route\'s own setting, named')
+  t.match(await warnings({ timeouts: { proxy: { idleTimeout: 60e3, responseTimeout: 10e3 } } }, { heartbeatInterval: 5e3 }),
+    [/of the sse plugin \(15000 ms\)/], 'a route below the proxy\'s silence is fine; the plugin\'s 15 s is not')
 })

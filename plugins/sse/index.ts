@@ -228,9 +228,27 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
     }
   })
 
+  // Heartbeats slower than the proxy's longest accepted silence: checked once every plugin and
+  // route is in (the timeouts plugin, which knows the proxy, may come after this one).
+  const heartbeats: Array<{ where: string, interval: number | null }> = [{ where: 'the sse plugin', interval: settings.heartbeatInterval }]
+  fastify.addHook('onReady', async () => {
+    const proxy = fastify.hasDecorator('timeouts') ? fastify.timeouts.proxy : null
+    if (proxy === null) return
+    const silence = Math.min(proxy.idleTimeout, proxy.responseTimeout)
+    for (const { where, interval } of heartbeats) {
+      if (interval !== null && interval < silence) continue
+      fastify.log.warn({ code: 'FLL_WARN_HEARTBEAT_ABOVE_PROXY' }, `fastify-long-lived: heartbeatInterval of ${where} ` +
+        `(${interval === null ? 'null: no heartbeat' : `${interval} ms`}) is not below the longest silence the proxy ` +
+        `(${proxy.name}) accepts (${silence} ms): a quiet stream is cut by the proxy; set it below ${silence} ms, e.g. ${Math.floor(silence / 4)}`)
+    }
+  })
+
   fastify.addHook('onRoute', (route: RouteOptions & { sse?: unknown }) => {
     if (route.sse === undefined || route.sse === false) return
     const routeSettings = resolveRouteOption(`sse (route ${route.method} ${route.url})`, route.sse, settings)
+    if (routeSettings.heartbeatInterval !== settings.heartbeatInterval && route.method !== 'HEAD') {
+      heartbeats.push({ where: `route ${String(route.method)} ${route.url}`, interval: routeSettings.heartbeatInterval })
+    }
     route.config = { ...route.config, [kSettings]: routeSettings }
     const onRequest = Array.isArray(route.onRequest) ? route.onRequest : (route.onRequest === undefined ? [] : [route.onRequest])
     route.onRequest = [async function sseRoute (request: FastifyRequest, reply: FastifyReply) {
