@@ -7,6 +7,7 @@ import { test, type Test } from 'tap'
 import { fork } from 'node:child_process'
 import { once } from 'node:events'
 import { readFileSync } from 'node:fs'
+import { Readable } from 'node:stream'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance } from 'fastify'
 import { connections, longLived, sse } from '../plugins/index.js'
@@ -147,4 +148,22 @@ test("@fastify/sse's route forms: 'only', kind 'only' and heartbeat: false are t
     const err = await other.register(async (scope) => { scope.get('/x', { sse: bad as never }, async () => 'x') }).ready().then(() => null, (e: Error) => e)
     t.match(err, { code: 'FLL_ERR_INVALID_OPTION', message }, `sse: ${JSON.stringify(bad)} is refused`)
   }
+})
+
+test('bytes are not events: send(Buffer) and a byte-mode Readable fail with a coded error that says to decode them', async (t) => {
+  const { logger, lines } = logCapture('error')
+  const app = build(t, { logger })
+  await app.register(longLived, { shutdown: false })
+  app.get('/buffer', { sse: true }, async (_req, reply) => { await reply.sse.send(Buffer.from('hello') as never) })
+  app.get('/bytes', { sse: true }, async (_req, reply) => {
+    await reply.sse.send('first')
+    await reply.sse.send(Readable.from([Buffer.from('a chunk')], { objectMode: false }) as never)
+  })
+  const port = await listen(app)
+  const buffer = await fetchWithin(port, '/buffer')
+  t.equal(buffer.status, 500, 'before any event: an error answer')
+  t.match(JSON.parse(buffer.body), { code: 'FLL_ERR_SSE_INVALID_EVENT', message: /not bytes .*decode them first/ })
+  const bytes = await fetchWithin(port, '/bytes')
+  t.match(bytes.body, /^data: first\n\nevent: error\ndata: \{"message":"Internal Server Error"\}\n\n$/, 'after an event: the stream ends with an error event')
+  t.ok(lines.some((l) => /not bytes .*setEncoding/.test((l.err as { message?: string } | undefined)?.message ?? '')), 'the log says what to do')
 })

@@ -76,6 +76,10 @@ export function encodeEventText (event: SseEvent, serialize: Serializer = jsonSe
   if (event === null || typeof event !== 'object') {
     throw new FLL_ERR_SSE_INVALID_EVENT('event', 'an object such as { data }')
   }
+  if (ArrayBuffer.isView(event)) {
+    throw new FLL_ERR_SSE_INVALID_EVENT('event', 'an object such as { data } or a string, not bytes (a Buffer, or a chunk of a ' +
+      "byte-mode Readable): decode them first, e.g. buf.toString() or readable.setEncoding('utf8')")
+  }
   let out = ''
   let fields = 0
   if (event.comment !== undefined) {
