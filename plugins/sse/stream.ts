@@ -286,7 +286,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     // (A Buffer is iterable, byte by byte: it goes to the encoder, which says what to do with bytes.)
     if (typeof source !== 'string' && !ArrayBuffer.isView(source) && isIterable(source)) return await this.#pump(source)
     if (!this.isConnected) throw new FLL_ERR_SSE_CLOSED(this.#closeReason)
-    const buf = encodeEvent(typeof source === 'string' ? { data: source } : source, this.#settings.serializer)
+    const buf = encodeEvent(typeof source === 'string' ? { data: source } : source as SseEvent, this.#settings.serializer)
     await this.#sendBuffer(buf)
   }
 
