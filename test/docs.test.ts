@@ -3,7 +3,7 @@
  * validation knows has a row in that plugin's section, with a type and a default.
  */
 import { test, type Test } from 'tap'
-import { readdirSync, readFileSync } from 'node:fs'
+import { existsSync, readdirSync, readFileSync } from 'node:fs'
 import type { FastifyPluginAsync } from 'fastify'
 import { client, connections, errors, longLived, shutdown, sse, timeouts } from '../plugins/index.js'
 import { fastifyRegisterKeys } from '../plugins/options.js'
@@ -157,4 +157,40 @@ test('every error code the plugins export, and every warning code they log, has 
   t.ok(warned.size >= 20, `${warned.size} codes written in the sources`)
   for (const code of [...exported, ...warned]) t.ok(documentedCodes.has(code), `${code} has a row`)
   for (const code of documentedCodes) t.ok(exported.includes(code!) || warned.has(code!), `${code} is still raised by the code`)
+})
+
+/**
+ * anchors returns the ids GitHub gives the headings of a Markdown text: lower case, punctuation
+ * dropped, spaces turned into hyphens, and -1, -2... for repeats. Headings in code blocks are not.
+ */
+function anchors (markdown: string): Set<string> {
+  const seen = new Map<string, number>()
+  const out = new Set<string>()
+  let fenced = false
+  for (const line of markdown.split('\n')) {
+    if (/^\s*```/.test(line)) fenced = !fenced
+    const heading = fenced ? null : /^#{1,6} (.+)$/.exec(line)
+    if (heading === null) continue
+    const base = heading[1]!.trim().toLowerCase().replace(/[^\p{L}\p{N}\s_-]/gu, '').replace(/\s/g, '-')
+    const n = seen.get(base) ?? 0
+    seen.set(base, n + 1)
+    out.add(n === 0 ? base : `${base}-${n}`)
+  }
+  return out
+}
+
+test('every link of the README leads somewhere: its own headings, and files of the repository with theirs', async (t) => {
+  const own = anchors(readme)
+  const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!).filter((l) => !/^https?:/.test(l))
+  t.ok(links.length >= 20, `${links.length} links within the repository`)
+  for (const link of links) {
+    const [path, anchor] = link.split('#') as [string, string | undefined]
+    if (path === '') {
+      t.ok(own.has(anchor!), `#${anchor} is a heading of the README`)
+      continue
+    }
+    const file = new URL(`../${path}`, import.meta.url)
+    t.ok(existsSync(file), `${path} exists`)
+    if (anchor !== undefined && existsSync(file)) t.ok(anchors(readFileSync(file, 'utf8')).has(anchor), `${link}: a heading of ${path}`)
+  }
 })
