@@ -518,12 +518,14 @@ const processSignals = {
   subscribers: new Set<SignalSubscriber>(),
   handle: null as { uninstall: () => void } | null,
   /** Set once a signal (or a crash) started the shutdown: close-with-grace owns the process until it exits. */
-  running: false,
+  running: null as null | ((subscriber: SignalSubscriber) => void),
 
   /** subscribe hands `subscriber` to the process's signal handler; the function returned takes it back. */
   subscribe (subscriber: SignalSubscriber): () => void {
     this.subscribers.add(subscriber)
-    this.install()
+    // An app that registers while the process shuts down is shut down too: the process exits.
+    if (this.running !== null) this.running(subscriber)
+    else this.install()
     return () => {
       this.subscribers.delete(subscriber)
       this.install()
@@ -532,19 +534,21 @@ const processSignals = {
 
   /** install (re)installs close-with-grace for the signals the subscribers handle, or removes it when none is left. */
   install (): void {
-    if (this.running) return
+    if (this.running !== null) return
     this.handle?.uninstall()
     this.handle = null
     const all = [...this.subscribers]
     if (all.length === 0) return
     const signals = new Set(all.flatMap((s) => s.signals))
     const each = (fn: (s: SignalSubscriber) => void): void => { for (const s of all) fn(s) }
+    let unclean: Error | null = null
     this.handle = closeWithGrace({
       delay: Math.max(...all.map((s) => s.delay)),
       // close-with-grace handles every signal it knows, and the process's natural exit
       // ('beforeExit'), unless skipped: keep only the chosen signals, and never delay an exit.
       skip: [...closeWithGraceSignals.filter((name) => !signals.has(name as ShutdownSignal)), 'beforeExit'],
-      logger: { error: (msg: unknown) => { all[0]!.log.error(msg as object) } },
+      // (The unclean outcome was logged by each app: the last line stays the outcome.)
+      logger: { error: (msg: unknown) => { if (msg !== unclean) all[0]!.log.error(msg as object) } },
       onSecondSignal (signal) { each((s) => { s.lifecycle.forceClose(`second ${signal}`) }) },
       onSecondError (err) {
         each((s) => {
@@ -554,12 +558,52 @@ const processSignals = {
       },
       onTimeout (ms) { each((s) => { s.lifecycle.forceClose(`shutdown took longer than signalDelay (${ms} ms)`) }) }
     }, async ({ signal, err }) => {
-      this.running = true
-      const outcomes = await Promise.all(all.map((s) => s.lifecycle.shutdown({ signal, error: err })))
-      const failures = outcomes.flatMap((o) => o.clean ? [] : o.failures)
-      if (outcomes.some((o) => !o.clean)) throw new FLL_ERR_SHUTDOWN_UNCLEAN(failures.join('; '))
+      const shutdowns = new Map<SignalSubscriber, Promise<ShutdownOutcome>>()
+      const start = (s: SignalSubscriber): void => {
+        if (!shutdowns.has(s)) shutdowns.set(s, s.lifecycle.shutdown({ signal, error: err }))
+      }
+      this.running = start
+      for (const s of all) start(s)
+      // allSettled: one app failing must not let the process exit while the others drain.
+      let settled: Array<PromiseSettledResult<ShutdownOutcome>>
+      do settled = await Promise.allSettled(shutdowns.values())
+      while (settled.length < shutdowns.size)
+      // The loggers write asynchronously (pino): what they hold is written before the exit, in order.
+      await Promise.all([...shutdowns.keys()].map(async (s) => { await flushLog(s.log) }))
+      const failures = settled.flatMap((r) => r.status === 'rejected' ? [String(r.reason)] : r.value.failures)
+      if (failures.length > 0 || settled.some((r) => r.status === 'fulfilled' && !r.value.clean)) {
+        unclean = new FLL_ERR_SHUTDOWN_UNCLEAN(failures.join('; '))
+        throw unclean
+      }
     })
   }
+}
+
+/**
+ * flushLog waits (at most a second) until the logger's destination has written everything. Fastify's
+ * default logger (pino) writes through an asynchronous SonicBoom, and at process.exit pino writes
+ * what is buffered synchronously while an earlier write may still be in flight: lines came out
+ * out of order or not at all (the outcome before the draining line). pino's flush(cb) does not
+ * wait for that write (it returns at once with the default minLength 0), so this waits for the
+ * destination's 'drain' while it is writing. Any other logger: nothing to wait for.
+ */
+async function flushLog (log: FastifyInstance['log']): Promise<void> {
+  let stream: { _writing?: unknown, once?: unknown } | undefined
+  for (let o: object | null = log; o !== null && stream === undefined; o = Object.getPrototypeOf(o)) {
+    const key = Object.getOwnPropertySymbols(o).find((sym) => sym.description === 'pino.stream')
+    if (key !== undefined) stream = (o as Record<symbol, typeof stream>)[key]
+  }
+  if (stream?._writing !== true || typeof stream.once !== 'function') return
+  const destination = stream as EventEmitter
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(done, 1000)
+    function done (): void {
+      clearTimeout(timer)
+      destination.removeListener('drain', done)
+      resolve()
+    }
+    destination.once('drain', done)
+  })
 }
 
 export default fp(shutdownPlugin, {

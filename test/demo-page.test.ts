@@ -6,14 +6,9 @@
  */
 import { test } from 'tap'
 import http, { type ClientRequest, type IncomingHttpHeaders, type ServerResponse } from 'node:http'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
 import { buildApp } from '../demo-app/app.js'
+import { browserSkip, openPage } from './browser.js'
 import { listen, waitUntil } from './helpers.js'
-
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const browserMissing = !existsSync(chromiumPath) && process.env.FLL_REQUIRE_BROWSER !== '1'
 
 /** The query parameter the page passes its last event id in (the sse plugin's `lastEventIdQuery`). */
 const lastEventIdQuery = 'lastEventId'
@@ -110,25 +105,14 @@ async function startFlakyProxy (upstreamPort: number): Promise<FlakyProxy> {
 const retryNote = /^Connection lost, retrying in \d+\.\d s\.$/
 
 test('the demo page behind a proxy answering 502: it comes back by itself, with a backoff, from the last event id; the sparklines fill in', {
-  skip: browserMissing ? `no browser at ${chromiumPath}: install Debian's chromium (apt-get install chromium) to run this test` : false
+  skip: browserSkip
 }, async (t) => {
-  if (!existsSync(chromiumPath)) throw new Error(`no browser at ${chromiumPath} (FLL_REQUIRE_BROWSER=1): install Debian's chromium`)
-  const { chromium } = await import('playwright-core')
-  const dir = mkdtempSync(join(tmpdir(), 'fll-demo-page-'))
-  t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
-
   const app = await buildApp({ host: '127.0.0.1', port: 0, tickMs: 100, drainDelayMs: 0, stateFile: null, logLevel: 'warn', signals: false })
   t.teardown(() => app.close())
   const proxy = await startFlakyProxy(await listen(app))
   t.teardown(() => proxy.close())
 
-  const context = await chromium.launchPersistentContext(join(dir, 'profile'), {
-    executablePath: chromiumPath,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  t.teardown(() => context.close())
-  const page = context.pages()[0] ?? await context.newPage()
+  const page = await openPage(t)
   const demo = async (): Promise<PageGlobals['demo']> => await page.evaluate(() => (globalThis as unknown as PageGlobals).demo)
 
   // 1. The very first /events answers 502: EventSource is CLOSED before it ever opened.

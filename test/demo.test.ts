@@ -5,16 +5,16 @@
 import { test, type Test } from 'tap'
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
 import { once } from 'node:events'
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { EventSource } from 'eventsource'
 import { request } from 'undici'
+import { browserSkip, openPage } from './browser.js'
 import { deferred, waitUntil, withDeadline } from './helpers.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 
 interface Demo { child: ChildProcess, port: number, exited: Promise<unknown[]>, logs: () => string }
 
@@ -26,7 +26,6 @@ interface PageGlobals {
   demo: { ticks: number[], notes: string[], messages: string[] }
   document: { getElementById (id: string): { textContent: string | null } | null }
 }
-const browserMissing = !existsSync(chromiumPath) && process.env.FLL_REQUIRE_BROWSER !== '1'
 
 /** startDemo runs demo-app/server.ts (TypeScript, through the loader tap runs us with). */
 async function startDemo (t: Test, env: Record<string, string>): Promise<Demo> {
@@ -98,23 +97,15 @@ test('the demo over HTTP: curl -N and EventSource on /events, 406, messages inta
 })
 
 test('the demo in a real browser: ticks, a message with a newline, SIGTERM and a restart with replay and no gap', {
-  skip: browserMissing ? `no browser at ${chromiumPath}: install Debian's chromium (apt-get install chromium) to run this test` : false
+  skip: browserSkip
 }, async (t) => {
-  if (!existsSync(chromiumPath)) throw new Error(`no browser at ${chromiumPath} (FLL_REQUIRE_BROWSER=1): install Debian's chromium`)
-  const { chromium } = await import('playwright-core')
   const dir = mkdtempSync(join(tmpdir(), 'fll-demo-'))
   t.teardown(() => { rmSync(dir, { recursive: true, force: true }) })
   const stateFile = join(dir, 'state.json')
   const first = await startDemo(t, { PORT: '0', TICK_MS: '200', STATE_FILE: stateFile })
   const url = `http://127.0.0.1:${first.port}/`
 
-  const context = await chromium.launchPersistentContext(join(dir, 'profile'), {
-    executablePath: chromiumPath,
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync']
-  })
-  t.teardown(() => context.close())
-  const page = context.pages()[0] ?? await context.newPage()
+  const page = await openPage(t)
   await page.goto(url)
   const ticks = async (): Promise<number[]> => await page.evaluate(() => (globalThis as unknown as PageGlobals).demo.ticks)
   const notes = async (): Promise<string[]> => await page.evaluate(() => (globalThis as unknown as PageGlobals).demo.notes)

@@ -24,6 +24,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { resolveOptions as resolveShutdown } from '../plugins/shutdown.js'
+import { browserSkip, openPage } from './browser.js'
 import { waitUntil, withDeadline } from './helpers.js'
 import { openStream } from './sse-helpers.js'
 
@@ -31,8 +32,6 @@ const root = fileURLToPath(new URL('..', import.meta.url))
 const snippetsDir = join(root, 'test/snippets')
 const runDir = join(snippetsDir, '.run')
 const readme = readFileSync(join(root, 'README.md'), 'utf8').replace(/\r\n/g, '\n')
-const chromiumPath = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
-const browserMissing = !existsSync(chromiumPath) && process.env.FLL_REQUIRE_BROWSER !== '1'
 const startDeadline = 30000 // a snippet's process to listen: its TypeScript is compiled on start
 const promptly = 5000
 
@@ -198,15 +197,11 @@ const checks: Record<string, (t: Test) => Promise<void>> = {
     t.match(text, /^fastify_long_lived_streams_open 3$/m, '/metrics: the three open streams')
     t.match(text, /^fastify_long_lived_connections_open \d+$/m)
 
-    let browser: { reconnecting: () => Promise<boolean>, close: () => Promise<void> } | null = null
-    if (browserMissing) {
-      t.comment(`no browser at ${chromiumPath}: the page is not run in a browser (.ci/run installs chromium)`)
+    let browser: { reconnecting: () => Promise<boolean> } | null = null
+    if (browserSkip !== false) {
+      t.comment(`${browserSkip} (.ci/run installs chromium): the page is not run in a browser`)
     } else {
-      if (!existsSync(chromiumPath)) throw new Error(`no browser at ${chromiumPath} (FLL_REQUIRE_BROWSER=1): install Debian's chromium`)
-      const { chromium } = await import('playwright-core')
-      const b = await chromium.launch({ executablePath: chromiumPath, headless: true, args: ['--no-sandbox', '--disable-gpu'] })
-      t.teardown(() => b.close())
-      const tab = await b.newPage()
+      const tab = await openPage(t)
       await tab.goto(`${s.url}/`)
       const items = async (): Promise<string[]> => await tab.locator('#log li').allTextContents()
       // Page functions run in the browser: given as text, as this program has no DOM types.
@@ -216,8 +211,7 @@ const checks: Record<string, (t: Test) => Promise<void>> = {
         reconnecting: async () => {
           await tab.waitForFunction("[...document.querySelectorAll('#log li')].some((li) => li.textContent === 'server: shutdown, reconnecting')", undefined, { timeout: promptly })
           return true
-        },
-        close: () => b.close()
+        }
       }
     }
 
@@ -226,7 +220,6 @@ const checks: Record<string, (t: Test) => Promise<void>> = {
     t.equal(live.events.at(-1)?.event, 'reconnect', 'SIGTERM: the open stream gets the final event')
     if (browser !== null) t.ok(await browser.reconnecting(), 'and the page says it reconnects')
     await stopped
-    await browser?.close()
   },
 
   shutdown: async (t) => {

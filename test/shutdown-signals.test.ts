@@ -5,28 +5,17 @@
  */
 import { test, type Test } from 'tap'
 import type { ChildProcess } from 'node:child_process'
-import { fork } from 'node:child_process'
 import { once } from 'node:events'
-import { fileURLToPath } from 'node:url'
 import { withDeadline } from './helpers.js'
+import { forkLogged } from './shutdown-fixture.js'
 import { openStream } from './sse-helpers.js'
 
 interface Ready { ports: number[], warnings: string[], listeners: number[] }
 
 /** manyApps forks the fixture with `apps` apps; resolves `ready` once they all listen. */
 function manyApps (t: Test, apps: number): { child: ChildProcess, exited: Promise<[number | null, string | null]>, ready: Promise<Ready>, logs: () => Array<Record<string, unknown>> } {
-  const child = fork(fileURLToPath(new URL('./fixtures/many-apps.ts', import.meta.url)), {
-    execArgv: process.execArgv,
-    env: { ...process.env, APPS: String(apps) },
-    stdio: ['ignore', 'pipe', 'inherit', 'ipc']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let out = ''
-  child.stdout!.setEncoding('utf8')
-  child.stdout!.on('data', (chunk: string) => { out += chunk })
-  const exited = once(child, 'exit') as Promise<[number | null, string | null]>
+  const { child, logs, exited } = forkLogged(t, './fixtures/many-apps.ts', { APPS: String(apps) })
   const ready = withDeadline(once(child, 'message') as Promise<[Ready]>, 30000, 'the apps to listen').then(([r]) => r)
-  const logs = (): Array<Record<string, unknown>> => out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l))
   return { child, exited, ready, logs }
 }
 
@@ -57,6 +46,6 @@ test('SIGTERM with two apps in one process: both drain their streams before the 
     const phases = logs().filter((l) => l.app === app && typeof l.lifecycle === 'string').map((l) => l.lifecycle as string)
     const order = ['draining', 'closing', 'closed']
     t.same([...new Set(phases)], order, `app ${app}: the phases are logged in order`)
-    t.equal(logs().filter((l) => l.app === app).at(-1)?.lifecycle, 'closed', `app ${app}: its last line is the outcome`)
+    t.equal(logs().filter((l) => l.app === app).at(-1)?.lifecycle, 'closed', `app ${app}: its last line is the outcome (${JSON.stringify(logs().filter((l) => l.app === app).slice(-2).map((l) => l.msg))})`)
   }
 })
