@@ -167,3 +167,32 @@ test('bytes are not events: send(Buffer) and a byte-mode Readable fail with a co
   t.match(bytes.body, /^data: first\n\nevent: error\ndata: \{"message":"Internal Server Error"\}\n\n$/, 'after an event: the stream ends with an error event')
   t.ok(lines.some((l) => /not bytes .*setEncoding/.test((l.err as { message?: string } | undefined)?.message ?? '')), 'the log says what to do')
 })
+
+test('reading reply.sse on any route is fine (an app-wide hook); only opening a stream on a plain route fails', async (t) => {
+  const app = build(t)
+  await app.register(longLived, { shutdown: false })
+  app.addHook('onRequest', async (_req, reply) => { reply.header('x-resuming', String(reply.sse.lastEventId !== null)) })
+  app.get('/json', async () => ({ ok: true }))
+  app.get('/kept', async (_req, reply) => { reply.sse.keepAlive() })
+  app.get('/events', { sse: true }, async (_req, reply) => { await reply.sse.send('x') })
+  const port = await listen(app)
+  const json = await fetchWithin(port, '/json')
+  t.same([json.status, JSON.parse(json.body)], [200, { ok: true }], 'a plain route answers')
+  t.equal((await fetchWithin(port, '/missing')).status, 404, 'a 404 stays a 404')
+  t.equal((await fetchWithin(port, '/events')).body, 'data: x\n\n', 'a stream route streams')
+  const kept = await fetchWithin(port, '/kept')
+  t.same([kept.status, JSON.parse(kept.body).code], [500, 'FLL_ERR_SSE_NOT_A_STREAM_ROUTE'], 'keepAlive() on a plain route is refused')
+})
+
+test('keepAlive() then `return reply` opens the stream too', async (t) => {
+  const app = build(t)
+  await app.register(longLived, { shutdown: false, sse: { heartbeatInterval: null } })
+  app.get('/events', { sse: true }, async (_req, reply) => {
+    reply.sse.keepAlive()
+    return reply
+  })
+  const port = await listen(app)
+  const s = await openStream(t, port, '/events')
+  t.equal(s.headers['content-type'], 'text/event-stream; charset=utf-8')
+  await waitUntil(() => app.connections.stats().streams === 1, promptly, 'the stream to be open')
+})

@@ -214,15 +214,20 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
       const reply = this as ReplyWithStream
       if (reply[kStream] === null) {
         let routeSettings = reply[kSettings]
+        let refusal: Error | null = null
         if (routeSettings === null) {
           const { config, method, url } = reply.request.routeOptions
           routeSettings = (config as { [kSettings]?: StreamSettings } | undefined)?.[kSettings] ?? null
           // A route the onRoute hook did not mark (no `sse` option, or declared before this
           // plugin loaded): nothing would end its stream when the handler returns, and the
-          // client would wait forever. Fail the request now, with the fix in the message.
-          if (routeSettings === null) throw new FLL_ERR_SSE_NOT_A_STREAM_ROUTE(String(method), String(url))
+          // client would wait forever. Reading reply.sse is fine (a hook may look at
+          // lastEventId on every route); opening the stream fails, with the fix in the message.
+          if (routeSettings === null) {
+            routeSettings = settings
+            refusal = new FLL_ERR_SSE_NOT_A_STREAM_ROUTE(String(method), String(url))
+          }
         }
-        reply[kStream] = new SseStream(reply.request, reply, routeSettings, shared)
+        reply[kStream] = new SseStream(reply.request, reply, routeSettings, shared, refusal)
       }
       return reply[kStream]
     }
@@ -271,7 +276,7 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
         if (!reply.sent) {
           // Not streamed yet. keepAlive() (or a subscription) with nothing sent still means a
           // stream: open it now, or Fastify would answer an empty 200 that EventSource gives up on.
-          if (result !== undefined || !stream.shouldKeepAlive || !stream.isConnected) return result
+          if ((result !== undefined && result !== reply) || !stream.shouldKeepAlive || !stream.isConnected) return result
           stream.sendHeaders()
           return reply
         }

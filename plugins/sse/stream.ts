@@ -173,7 +173,11 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     if (stream !== undefined) stream.#drained()
   }
 
-  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, shared: StreamShared) {
+  /** Set on a route that is not a stream route: opening the stream throws it (the route would never end it). */
+  readonly #refusal: Error | null
+
+  constructor (request: FastifyRequest, reply: FastifyReply, settings: StreamSettings, shared: StreamShared, refusal: Error | null = null) {
+    this.#refusal = refusal
     this.#reply = reply
     this.#log = reply.log
     this.#shared = shared
@@ -208,7 +212,20 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
   get bufferedBytes (): number { return this.#pendingBytes + (this.#tail?.bytes ?? 0) + (this.#res.writableLength ?? 0) }
 
   /** keepAlive keeps the stream open after the route handler returns (until close() or the client leaves). */
-  keepAlive (): void { this.#kept = true }
+  keepAlive (): void {
+    if (this.#refusal !== null) throw this.#refusal
+    this.#kept = true
+    // With nothing sent, the head goes out when the handler returns (the route's wrapper), or at
+    // the end of this turn at the latest: a handler that returns `reply` (a thenable) never
+    // settles until the response is done, so its wrapper cannot see it return.
+    if (this.#state === 'new') setImmediate(SseStream.#openKept, this)
+  }
+
+  static #openKept (stream: SseStream): void {
+    const reply = stream.#reply
+    // Not if the head went out meanwhile, or the handler sent an ordinary reply instead.
+    if (stream.#state === 'new' && reply !== null && !reply.sent && !stream.#res.headersSent) stream.sendHeaders()
+  }
 
   /** #whenEnded resolves once the stream has closed (its promise is made on first demand). */
   #whenEnded (): Promise<void> {
@@ -233,6 +250,7 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
    */
   sendHeaders (statusCode?: number): void {
     if (this.#state !== 'new') return
+    if (this.#refusal !== null) throw this.#refusal
     const reply = this.#reply!
     const res = this.#res
     const headers = reply.getHeaders() as Record<string, string | number | string[] | undefined>
