@@ -54,12 +54,12 @@ test('a STATE_FILE that cannot be used: the demo starts anyway, with one warning
   const dir = tempDir(t)
   const cases: Array<[string, (file: string) => void, RegExp]> = [
     ['corrupt JSON', (f) => { writeFileSync(f, '{"n": 3, "sse": nope}') }, /it is not JSON/],
-    ['truncated', (f) => { writeFileSync(f, JSON.stringify({ n: 3, sse: { version: 1, tag: 'abc', seq: 0, channels: {} } }).slice(0, 30)) }, /it is not JSON/],
+    ['truncated', (f) => { writeFileSync(f, JSON.stringify({ n: 3, sse: { version: 1, seq: 0, tags: [], channels: {} } }).slice(0, 30)) }, /it is not JSON/],
     ['empty', (f) => { writeFileSync(f, '') }, /it is empty/],
     ['{}', (f) => { writeFileSync(f, '{}') }, /tick counter 'n'/],
     ['a directory', (f) => { mkdirSync(f) }, /EISDIR/],
     ["an older demo's file", (f) => { writeFileSync(f, JSON.stringify({ n: 5, channels: { ticks: [] } })) }, /no SSE state/],
-    ['a malformed hub state', (f) => { writeFileSync(f, JSON.stringify({ n: 5, sse: { version: 1, tag: 'abc', seq: -1, channels: {} } })) }, /state\.seq must be/]
+    ['a malformed hub state', (f) => { writeFileSync(f, JSON.stringify({ n: 5, sse: { version: 1, seq: -1, tags: [], channels: {} } })) }, /state\.seq must be/]
   ]
   const runs = await Promise.all(cases.map(async ([what, make], i) => {
     const file = join(dir, `state-${i}.json`)

@@ -38,7 +38,7 @@ test('channel options and names are checked when the channel is asked for, with 
   t.equal(app.sse.channel('three'), three, 'the same channel the second time')
 })
 
-test('save() returns the hub as versioned, plain JSON; restore() gives the next process the same tag, sequence, histories and watermarks', async (t) => {
+test('save() returns the hub as versioned, plain JSON; restore() gives the next process the sequence, the saved tags, histories and watermarks', async (t) => {
   const { app: first } = await sseApp(t)
   const ticks = first.sse.channel('ticks', { historySize: 2 })
   first.sse.channel('quiet')
@@ -48,10 +48,10 @@ test('save() returns the hub as versioned, plain JSON; restore() gives the next 
   t.same(JSON.parse(JSON.stringify(state)), state, 'JSON-serialisable as it is')
   const ats = state.channels.ticks!.events.map((e) => e.at)
   t.ok(ats.every((at) => Math.abs(at - Date.now()) < 60_000), 'each event has its publish time (ms)')
-  t.same(state, {
+  t.same(JSON.parse(JSON.stringify(state)), {
     version: 1,
-    tag: first.sse.tag,
     seq: 3,
+    tags: [{ tag: first.sse.tag, from: 1, to: 3 }],
     channels: {
       ticks: {
         lostUpTo: 1,
@@ -59,17 +59,18 @@ test('save() returns the hub as versioned, plain JSON; restore() gives the next 
       },
       quiet: { lostUpTo: 0, events: [] }
     }
-  }, 'the tag, the last seq, and each non-ephemeral channel with its watermark and kept events')
+  }, 'the last seq, the tag that numbered it, and each non-ephemeral channel with its watermark and kept events')
   await first.close()
 
   const { app } = await sseApp(t)
   t.not(app.sse.tag, first.sse.tag, 'a fresh hub has a tag of its own')
   app.sse.restore(JSON.parse(JSON.stringify(state)))
-  t.equal(app.sse.tag, first.sse.tag, 'the restored hub takes the saved tag')
+  t.not(app.sse.tag, first.sse.tag, 'the restored hub numbers under a tag of its own')
   const restored = app.sse.channel('ticks', { historySize: 2 })
   t.same(restored.events().map((e) => e.id), [ids[1], ids[2]])
-  t.equal(restored.publish({ data: 'next' }), `${first.sse.tag}-4`, 'the sequence goes on')
+  t.equal(restored.publish({ data: 'next' }), `${app.sse.tag}-4`, 'the sequence goes on')
   const again = app.sse.save()
+  t.same(again.tags, [{ tag: first.sse.tag, from: 1, to: 3 }, { tag: app.sse.tag, from: 4, to: 4 }], 'both runs\' tags, each with the seqs it numbered')
   t.same(again.channels.quiet, { lostUpTo: 0, events: [] }, 'a saved channel not created in this run is carried over')
   t.equal(again.channels.ticks!.lostUpTo, 2)
 
@@ -114,7 +115,7 @@ test('restore() checks the state whole: anything malformed is a coded error sayi
   ch.publish({ data: 'one' })
   ch.publish({ id: 'own', data: 'two' })
   const good = first.sse.save()
-  const tag = good.tag
+  const tags = good.tags
   // A copy of the good state, changed by `f` (loosely typed: it breaks the state on purpose).
   const edit = (f: (s: any) => void): unknown => {
     const s = JSON.parse(JSON.stringify(good))
@@ -127,14 +128,19 @@ test('restore() checks the state whole: anything malformed is a coded error sayi
     ['{}', {}, /state\.version must be present/],
     ['a newer version', edit((s) => { s.version = 2 }), /state\.version must be 1, received 2/],
     ['an unknown key', edit((s) => { s.extra = 1 }), /unknown key 'extra'/],
-    ['a bad tag', edit((s) => { s.tag = 'A-B' }), /state\.tag must be/],
+    ['a bad tag', edit((s) => { s.tags[0].tag = 'A-B' }), /state\.tags\[0\]\.tag must be/],
+    ['tags out of order', edit((s) => { s.tags = [{ tag: 'x', from: 2, to: 2 }, { tag: 'y', from: 1, to: 1 }] }), /state\.tags\[1\]\.from must be an integer from 3/],
+    ['a tag twice', edit((s) => { s.tags = [{ tag: 'x', from: 1, to: 1 }, { tag: 'x', from: 2, to: 2 }] }), /state\.tags must be tags that differ/],
+    ['a seq beyond 2^50', edit((s) => { s.seq = 2 ** 50 + 1 }), /state\.seq must be an integer from 0 to 1125899906842624/],
+    ['a hub id that does not name its seq', edit((s) => { s.channels.c.events[0].id = `${tags[0]!.tag}-2`; s.channels.c.events[0].text = `id: ${tags[0]!.tag}-2\ndata: one\n\n` }), /events\[0\]\.id must be the id of seq 1/],
+    ['one seq in two channels', edit((s) => { s.channels.d = { lostUpTo: 0, events: [s.channels.c.events[0]] } }), /state\.channels\["d"\]\.events\[0\]\.seq must be a seq no other saved event has/],
     ['a negative seq', edit((s) => { s.seq = -1 }), /state\.seq must be an integer from 0/],
     ['channels as an array', edit((s) => { s.channels = [] }), /state\.channels must be an object/],
     ['a channel without events', edit((s) => { delete s.channels.c.events }), /state\.channels\["c"\]\.events must be present/],
     ['a watermark above seq', edit((s) => { s.channels.c.lostUpTo = 3 }), /state\.channels\["c"\]\.lostUpTo must be an integer from 0 to 2, received 3/],
     ['events out of order', edit((s) => { s.channels.c.events.reverse() }), /events\[1\]\.seq must be an integer from 3 to 2, received 1/],
     ['an event at or below the watermark', edit((s) => { s.channels.c.lostUpTo = 1 }), /events\[0\]\.seq must be an integer from 2 to 2, received 1/],
-    ['an event above seq', edit((s) => { s.seq = 1 }), /lostUpTo|seq must be an integer from/],
+    ['an event above seq', edit((s) => { s.seq = 1 }), /lostUpTo|seq must be an integer from|to must be an integer from/],
     ['an id that is not a string', edit((s) => { s.channels.c.events[0].id = 1 }), /events\[0\]\.id must be a string, received 1/],
     ['a bad time', edit((s) => { s.channels.c.events[0].at = 'now' }), /events\[0\]\.at must be a time in ms/],
     ['a text of two events', edit((s) => { s.channels.c.events[1].text = 'id: own\ndata: two\n\ndata: injected\n\n' }), /events\[1\]\.text must be one encoded event with the line 'id: own'/],
@@ -149,6 +155,6 @@ test('restore() checks the state whole: anything malformed is a coded error sayi
   }
   t.equal(app.sse.tag, fresh, 'the hub is as it was')
   app.sse.restore(good)
-  t.equal(app.sse.tag, tag, 'and a good state is still taken')
-  t.same(app.sse.channel('c').events().map((e) => e.id), [`${tag}-1`, 'own'])
+  t.same(app.sse.save().tags, tags, 'and a good state is still taken')
+  t.same(app.sse.channel('c').events().map((e) => e.id), [`${tags[0]!.tag}-1`, 'own'])
 })

@@ -99,8 +99,8 @@ test('an id this hub did not issue gets a reset, never a replay: two instances, 
   const idFromB = bTicks.publish({ data: 'b1' })
   t.match(idFromA, /^[0-9a-z]{8}-1$/, 'a hub-assigned id is <tag>-<seq>')
   t.not(a.sse.tag, b.sse.tag, 'each instance has its own tag')
-  t.equal(b.sse.tag, c.sse.tag, 'a restored hub keeps the tag of the one that saved it')
-  t.equal(idFromB, `${c.sse.tag}-51`, 'and goes on with its sequence')
+  t.not(b.sse.tag, c.sse.tag, 'a restored hub numbers under a tag of its own')
+  t.equal(idFromB, `${b.sse.tag}-51`, 'and goes on with the saved sequence')
 
   t.same((await resume(t, portB, idFromA)).got, ['reset:ticks'], "A's id at B (which restored 50 events): reset, not a replay")
   t.same((await resume(t, portA, idFromB)).got, ['reset:ticks'], "B's id at A: reset")
@@ -156,4 +156,56 @@ test('one Last-Event-ID resumes every channel of a stream: placed once, each cha
   t.same(welcome, { replayed: 3, reset: true })
   t.same((await resume(t, port, String(base + 99))).got, ['reset:prices', 'reset:ticks', 'reset:news'],
     'an id no channel can place: every channel with history resets (the ephemeral one never does)')
+})
+
+test('a publisher id kept twice (reused, or in two channels) resumes from its oldest copy: repeats, never a gap', async (t) => {
+  const { app } = await sseApp(t)
+  const a = app.sse.channel('a')
+  const b = app.sse.channel('b')
+  a.publish({ id: '1', data: 'a1' }) // the client's last event
+  b.publish({ id: '1', data: 'b1' })
+  b.publish({ id: '2', data: 'b2' })
+  const v = app.sse.channel('v')
+  v.publish({ id: 'v1', data: 'first' }) // another client's last event
+  v.publish({ id: 'v2', data: 'second' })
+  v.publish({ id: 'v1', data: 'third' })
+  app.get('/ba', { sse: true }, async (_req, reply) => {
+    const { replayed, reset } = reply.sse.subscribe([b, a])
+    await reply.sse.send({ event: 'welcome', data: { replayed, reset } })
+  })
+  const port = await serve(app, [v])
+  const s = await openStream(t, port, '/ba', { 'last-event-id': '1' })
+  for (let n = 1; !s.events.some((e) => e.event === 'welcome'); n++) await s.waitEvents(n)
+  t.same(s.events.slice(0, -1).map((e) => e.data), ['b1', 'b2'], 'id 1 is placed at its oldest copy (in a): b1 and b2 both come')
+  t.same((await resume(t, port, 'v1')).got, ['message:second', 'message:third'], 'a reused id in one channel: from its oldest copy')
+})
+
+test('two processes restored from one saved state never give one id to two events: the other\'s new ids get a reset', async (t) => {
+  const { app: first } = await sseApp(t)
+  const seen = first.sse.channel('ticks').publish({ data: 'before' })
+  const state = JSON.parse(JSON.stringify(first.sse.save())) as HubState
+  await first.close()
+  // A stale state file read twice: after a crash, or two instances of an overlapping deploy.
+  const [{ app: one }, { app: two }] = await Promise.all([sseApp(t), sseApp(t)])
+  one.sse.restore(state)
+  two.sse.restore(state)
+  const oneTicks = one.sse.channel('ticks')
+  const twoTicks = two.sse.channel('ticks')
+  const fromOne = ['x', 'y', 'z'].map((d) => oneTicks.publish({ data: `one-${d}` }))
+  for (const d of ['x', 'y', 'z']) twoTicks.publish({ data: `two-${d}` })
+  t.not(fromOne.at(-1), twoTicks.events().at(-1)!.id, 'the same seq, different ids')
+  const port = await serve(two, [twoTicks])
+  t.same((await resume(t, port, fromOne.at(-1)!)).got, ['reset:ticks'], "the other process's id: reset, not a silent skip of two-x and two-y")
+  t.same((await resume(t, port, seen)).got, ['message:two-x', 'message:two-y', 'message:two-z'], 'an id of the saved run resumes in both')
+})
+
+test("a channel named '__proto__' is saved and restored like any other", async (t) => {
+  const { app: first } = await sseApp(t)
+  const last = first.sse.channel('__proto__').publish({ data: 'p1' })
+  first.sse.channel('__proto__').publish({ data: 'p2' })
+  const app = await restart(t, first)
+  const proto = app.sse.channel('__proto__')
+  t.same(proto.events().map((e) => e.buf.toString().split('\n')[1]), ['data: p1', 'data: p2'], 'its history came back')
+  const port = await serve(app, [proto])
+  t.same((await resume(t, port, last)).got, ['message:p2'])
 })

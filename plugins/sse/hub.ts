@@ -84,40 +84,74 @@ export interface ChannelState {
 export interface HubState {
   /** version of this layout. */
   version: 1
-  /** tag of the hub that saved it: a restored hub keeps it, so the ids it gave are still its own. */
-  tag: string
-  /** seq is the last number of the hub's sequence: a restored hub goes on from there. */
+  /** seq is the last number of the hub's sequence: a restored hub goes on from there (under a tag of its own). */
   seq: number
+  /** tags are the tags that numbered the saved seqs (the last 32 runs): their ids still resume after a restore. */
+  tags: TagRange[]
   /** channels holds each channel's history and watermark (ephemeral channels are not saved). */
   channels: Record<string, ChannelState>
 }
 
 const stateVersion = 1
+/** The largest seq a saved state may hold (and a hub number up to). */
+const maxSeq = 2 ** 50
 // The slabs kept events are encoded into: see Slabs.
 const minSlab = 1024
 const maxSlab = 64 * 1024
 
-/** The numbering one hub's channels share (module-private): its tag and its sequence. */
-class Sequence {
+/** The seqs one tag of a hub numbered: ids `<tag>-<seq>` with from <= seq <= to. */
+export interface TagRange {
   tag: string
+  from: number
+  to: number
+}
+
+// Earlier tags a hub keeps vouching for after restores (ids older than that get `reset`).
+const maxEarlierTags = 32
+
+/**
+ * The numbering one hub's channels share (module-private): its tag and its sequence. Each start
+ * of a hub numbers under a new tag, also after a restore: two processes that restored the same
+ * saved state (a stale file after a crash, an overlapping deploy) never give one id to two
+ * different events. The tags of the runs it was restored from stay known for the seqs they
+ * numbered, so their ids still resume.
+ */
+class Sequence {
+  tag = newTag()
   /** `<tag>-`, the start of every id the hub assigns. */
-  prefix: string
+  prefix = `${this.tag}-`
+  /** The first seq numbered under `tag`. */
+  first = 1
   /** The seq of the last event published on any channel of the hub (0: none yet). */
   last = 0
+  /** The tags of earlier runs (restored), newest last. */
+  earlier: TagRange[] = []
 
-  constructor (tag: string) {
-    this.tag = tag
-    this.prefix = `${tag}-`
-  }
-
-  /** seqOf returns the seq of an id this hub assigned, or null for any other id. */
+  /** seqOf returns the seq of an id this hub (or a run it was restored from) assigned, or null for any other id. */
   seqOf (id: string): number | null {
-    if (!id.startsWith(this.prefix)) return null
-    const digits = id.slice(this.prefix.length)
+    const dash = id.lastIndexOf('-')
+    if (dash <= 0) return null
+    const digits = id.slice(dash + 1)
     if (!/^[1-9]\d{0,15}$/.test(digits)) return null
     const seq = Number(digits)
-    // An id of ours "from the future" was not given by this process: it cannot be vouched for.
-    return seq <= this.last ? seq : null
+    const tag = id.slice(0, dash)
+    // An id of ours "from the future" was not given by this run: it cannot be vouched for.
+    if (tag === this.tag) return seq >= this.first && seq <= this.last ? seq : null
+    const range = this.earlier.find((r) => r.tag === tag)
+    return range !== undefined && seq >= range.from && seq <= range.to ? seq : null
+  }
+
+  /** tags lists the ranges this hub vouches for, its own included once it numbered something. */
+  tags (): TagRange[] {
+    const own = this.last >= this.first ? [{ tag: this.tag, from: this.first, to: this.last }] : []
+    return [...this.earlier, ...own].slice(-maxEarlierTags)
+  }
+
+  /** restore goes on from a saved numbering: the next seq follows `seq`, under a new tag. */
+  restore (seq: number, tags: TagRange[]): void {
+    this.earlier = tags.slice(-maxEarlierTags)
+    this.last = seq
+    this.first = seq + 1
   }
 }
 
@@ -165,12 +199,14 @@ function ownBuffer (text: string, length: number): Buffer {
   return buf
 }
 
-/** MemoryHistory is a ring of the last `size` events, optionally expiring after `ttl` ms. */
+/** MemoryHistory keeps the last `size` events, optionally expiring after `ttl` ms. */
 export class MemoryHistory implements HistoryStore {
   readonly #size: number
   readonly #ttl: number | null
   readonly #slabs = new Slabs()
+  /** The kept events are #events[#head..], oldest first; forgetting moves #head (no copy per publish). */
   #events: StoredEvent[] = []
+  #head = 0
   #bytes = 0
   /** The highest seq no longer kept: a client behind it has lost events. 0: none lost. */
   #lostUpTo = 0
@@ -210,19 +246,21 @@ export class MemoryHistory implements HistoryStore {
   /** events returns the kept events, oldest first (expired ones dropped). */
   events (): StoredEvent[] {
     this.#expire()
-    return [...this.#events]
+    return this.#events.slice(this.#head)
   }
 
   append (event: StoredEvent): void {
     this.#events.push(event)
     this.#bytes += event.buf.length
-    if (this.#events.length > this.#size) this.#forget(this.#events.length - this.#size)
+    const kept = this.#events.length - this.#head
+    if (kept > this.#size) this.#forget(kept - this.#size)
   }
 
+  /** seqOf returns the seq of the oldest kept event with exactly this id (a replay from there repeats rather than skips). */
   seqOf (id: string): number | null {
     this.#expire()
     const events = this.#events
-    for (let i = events.length - 1; i >= 0; i--) {
+    for (let i = this.#head; i < events.length; i++) {
       if (events[i]!.id === id) return events[i]!.seq
     }
     return null
@@ -233,7 +271,7 @@ export class MemoryHistory implements HistoryStore {
     if (seq < this.#lostUpTo) return null
     const events = this.#events
     let i = events.length
-    while (i > 0 && events[i - 1]!.seq > seq) i--
+    while (i > this.#head && events[i - 1]!.seq > seq) i--
     return events.slice(i)
   }
 
@@ -241,14 +279,24 @@ export class MemoryHistory implements HistoryStore {
     if (this.#ttl === null) return
     const limit = Date.now() - this.#ttl
     let n = 0
-    while (n < this.#events.length && this.#events[n]!.at < limit) n++
+    while (this.#head + n < this.#events.length && this.#events[this.#head + n]!.at < limit) n++
     if (n > 0) this.#forget(n)
   }
 
   #forget (n: number): void {
-    const gone = this.#events.splice(0, n)
-    for (const e of gone) this.#bytes -= e.buf.length
-    this.#lostUpTo = gone[gone.length - 1]!.seq
+    const events = this.#events
+    const end = this.#head + n
+    this.#lostUpTo = events[end - 1]!.seq
+    for (let i = this.#head; i < end; i++) {
+      this.#bytes -= events[i]!.buf.length
+      events[i] = undefined as unknown as StoredEvent // let go of it now, not at the next compaction
+    }
+    this.#head = end
+    // Compact once the forgotten part outweighs the kept one: amortised O(1) per event.
+    if (end > 64 && end * 2 > events.length) {
+      this.#events = events.slice(end)
+      this.#head = 0
+    }
   }
 }
 
@@ -364,7 +412,7 @@ export class Hub {
   readonly serializer: Serializer
   readonly #channels = new Map<string, Channel>()
   readonly #defaults: HistoryDefaults
-  readonly #sequence = new Sequence(newTag())
+  readonly #sequence = new Sequence()
   /** The saved channels restore() took, until their channel is created (save() carries the others over). */
   #saved: Map<string, ChannelState> | null = null
 
@@ -377,7 +425,7 @@ export class Hub {
     this.#defaults = defaults
   }
 
-  /** tag names this hub in the ids it assigns (`<tag>-<seq>`): random when it starts, kept by save() and restore(). */
+  /** tag names this run of the hub in the ids it assigns (`<tag>-<seq>`): random at each start, restored or not. */
   get tag (): string { return this.#sequence.tag }
 
   /**
@@ -421,19 +469,20 @@ export class Hub {
    * and clients resume across the restart exactly: each gets what it missed, or `reset`.
    */
   save (): HubState {
-    const channels: Record<string, ChannelState> = {}
+    // No prototype: a channel may be named '__proto__'.
+    const channels: Record<string, ChannelState> = Object.create(null)
     for (const [name, saved] of this.#saved ?? []) channels[name] = saved
     for (const [name, channel] of this.#channels) {
       const state = channelState(channel)
       if (state !== null) channels[name] = state
     }
-    return { version: stateVersion, tag: this.#sequence.tag, seq: this.#sequence.last, channels }
+    return { version: stateVersion, seq: this.#sequence.last, tags: this.#sequence.tags(), channels }
   }
 
   /**
-   * restore makes this hub go on from a state save() returned (e.g. read back from a file):
-   * it takes its tag and sequence, and channels created later start from their saved history and
-   * watermark. It must come before any channel is created (FLL_ERR_SSE_RESTORE_TOO_LATE), and
+   * restore makes this hub go on from a state save() returned (e.g. read back from a file): its
+   * sequence goes on from the saved one (under this run's own tag), the saved runs' ids still
+   * resume, and channels created later start from their saved history and watermark. It must come before any channel is created (FLL_ERR_SSE_RESTORE_TOO_LATE), and
    * only once. `state` is checked whole first: anything malformed throws FLL_ERR_SSE_INVALID_STATE,
    * saying what is wrong, and leaves the hub as it was.
    */
@@ -443,9 +492,7 @@ export class Hub {
       throw new FLL_ERR_SSE_RESTORE_TOO_LATE(`channels were already created: ${[...this.#channels.keys()].join(', ')}`)
     }
     const checked = checkState(state)
-    this.#sequence.tag = checked.tag
-    this.#sequence.prefix = `${checked.tag}-`
-    this.#sequence.last = checked.seq
+    this.#sequence.restore(checked.seq, checked.tags)
     this.#saved = new Map(Object.entries(checked.channels))
   }
 }
@@ -467,12 +514,33 @@ function checkState (value: unknown): HubState {
     return v
   }
 
-  const s = object('state', value, ['version', 'tag', 'seq', 'channels'])
+  const s = object('state', value, ['version', 'seq', 'tags', 'channels'])
   if (s.version !== stateVersion) throw fail('state.version', String(stateVersion), s.version)
-  if (typeof s.tag !== 'string' || !/^[0-9a-z]{1,32}$/.test(s.tag)) throw fail('state.tag', 'a tag of 1 to 32 characters 0-9 a-z', s.tag)
-  const seq = seqIn('state.seq', s.seq, 0, Number.MAX_SAFE_INTEGER)
+  // 2^50: room for a million events a second for 35 years, far from where numbers lose precision.
+  const seq = seqIn('state.seq', s.seq, 0, maxSeq)
+  if (!Array.isArray(s.tags) || s.tags.length > maxEarlierTags) throw fail('state.tags', `an array of at most ${maxEarlierTags} tags`, s.tags)
+  let below = 0
+  const tags = s.tags.map((t: unknown, i): TagRange => {
+    const at = `state.tags[${i}]`
+    const range = object(at, t, ['tag', 'from', 'to'])
+    if (typeof range.tag !== 'string' || !/^[0-9a-z]{1,32}$/.test(range.tag)) throw fail(`${at}.tag`, 'a tag of 1 to 32 characters 0-9 a-z', range.tag)
+    // In order, each run after the one before it, all within the saved sequence.
+    const from = seqIn(`${at}.from`, range.from, below + 1, seq)
+    const to = seqIn(`${at}.to`, range.to, from, seq)
+    below = to
+    return { tag: range.tag, from, to }
+  })
+  if (new Set(tags.map((t) => t.tag)).size !== tags.length) throw fail('state.tags', 'tags that differ from each other', s.tags)
+  // The seq an id of the saved runs stands for (null for a publisher's own id).
+  const seqOfId = (id: string): number | null => {
+    const dash = id.lastIndexOf('-')
+    const range = dash > 0 ? tags.find((t) => t.tag === id.slice(0, dash)) : undefined
+    return range === undefined ? null : Number(id.slice(dash + 1))
+  }
   if (!isPlainObject(s.channels)) throw fail('state.channels', 'an object', s.channels)
-  const channels: Record<string, ChannelState> = {}
+  // No prototype: a channel may be named '__proto__'.
+  const channels: Record<string, ChannelState> = Object.create(null)
+  const seen = new Set<number>()
   for (const [name, c] of Object.entries(s.channels)) {
     const path = `state.channels[${JSON.stringify(name)}]`
     if (name === '') throw fail('state.channels', 'named by non-empty strings', name)
@@ -483,9 +551,13 @@ function checkState (value: unknown): HubState {
     const events = channel.events.map((e: unknown, i): SavedEvent => {
       const at = `${path}.events[${i}]`
       const event = object(at, e, ['seq', 'id', 'at', 'text'])
-      // In publish order, after the watermark, and numbered by this state's sequence.
+      // In publish order, after the watermark, numbered by this state's sequence, each seq once in the hub.
       previous = seqIn(`${at}.seq`, event.seq, previous + 1, seq)
+      if (seen.has(previous)) throw fail(`${at}.seq`, 'a seq no other saved event has', previous)
+      seen.add(previous)
       if (typeof event.id !== 'string') throw fail(`${at}.id`, 'a string', event.id)
+      const idSeq = seqOfId(event.id)
+      if (idSeq !== null && idSeq !== previous) throw fail(`${at}.id`, `the id of seq ${previous} (a saved run's id names its seq)`, event.id)
       if (typeof event.at !== 'number' || !Number.isFinite(event.at)) throw fail(`${at}.at`, 'a time in ms', event.at)
       // The text is written to clients as it is: it must be one whole event, carrying its id.
       const text = event.text
@@ -497,5 +569,5 @@ function checkState (value: unknown): HubState {
     })
     channels[name] = { lostUpTo, events }
   }
-  return { version: stateVersion, tag: s.tag, seq, channels }
+  return { version: stateVersion, seq, tags, channels }
 }

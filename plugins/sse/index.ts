@@ -240,11 +240,14 @@ async function ssePlugin (fastify: FastifyInstance, opts: SseOptions): Promise<v
     const proxy = fastify.hasDecorator('timeouts') ? fastify.timeouts.proxy : null
     if (proxy === null) return
     const silence = Math.min(proxy.idleTimeout, proxy.responseTimeout)
+    // A heartbeat can come later than its interval (a busy event loop runs timers late): keep a
+    // quarter of the proxy's patience as a margin.
+    const limit = Math.floor(silence * 3 / 4)
     for (const { where, interval } of heartbeats) {
-      if (interval !== null && interval < silence) continue
+      if (interval !== null && interval <= limit) continue
       fastify.log.warn({ code: 'FLL_WARN_HEARTBEAT_ABOVE_PROXY' }, `fastify-long-lived: heartbeatInterval of ${where} ` +
-        `(${interval === null ? 'null: no heartbeat' : `${interval} ms`}) is not below the longest silence the proxy ` +
-        `(${proxy.name}) accepts (${silence} ms): a quiet stream is cut by the proxy; set it below ${silence} ms, e.g. ${Math.floor(silence / 4)}`)
+        `(${interval === null ? 'null: no heartbeat' : `${interval} ms`}) leaves no margin under the longest silence the proxy ` +
+        `(${proxy.name}) accepts (${silence} ms): a quiet stream may be cut by the proxy; keep it at or below ${limit} ms, e.g. ${Math.floor(silence / 4)}`)
     }
   })
 

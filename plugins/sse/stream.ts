@@ -323,11 +323,13 @@ export class SseStream implements StreamSink, Flushable, HeartbeatTarget {
     let reset = false
     if (this.#lastEventId !== null) {
       // The id is placed once for the whole stream (one of the hub's ids, or a publisher's id
-      // kept by one of the channels), and every channel resumes from that same point.
+      // kept by one of the channels), and every channel resumes from that same point. A
+      // publisher's id kept more than once (reused, or in two channels) is placed at its oldest
+      // copy: the client may get an event twice, but never misses one.
       let point: ReplayPoint | null = null
       for (const channel of [...list, ...subscriptions]) {
-        point = channel.locate(this.#lastEventId)
-        if (point !== null) break
+        const p = channel.locate(this.#lastEventId)
+        if (p !== null && (point === null || (p.scope === point.scope && p.seq < point.seq))) point = p
       }
       for (const channel of list) {
         const events = channel.missed(point)
