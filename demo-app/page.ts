@@ -234,9 +234,14 @@ export const page = `<!doctype html>
   $('send').addEventListener('submit', async (ev) => {
     ev.preventDefault()
     const text = $('text').value
-    const res = await fetch('/messages', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text }) })
-    if (res.ok) $('text').value = ''
-    else note('Message refused: ' + (await res.json()).message)
+    // A proxy's 502 (or a network error) has no JSON body: say what happened anyway.
+    try {
+      const res = await fetch('/messages', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ text }) })
+      if (res.ok) $('text').value = ''
+      else note('Message refused: ' + (await res.json().catch(() => ({ message: res.status + ' ' + res.statusText }))).message)
+    } catch (err) {
+      note('Message not sent: ' + err.message)
+    }
   })
 })()
 </script>

@@ -257,6 +257,11 @@ export function resolveOptions (opts: unknown): Resolved {
   const headersDefault = requestTimeout > 0 ? Math.min(defaults.headersTimeout, requestTimeout) : defaults.headersTimeout
   const headersTimeout = nonNegativeInt('headersTimeout', o.headersTimeout, headersDefault)
   if (headersTimeout > 0 && requestTimeout > 0 && headersTimeout > requestTimeout) {
+    if (o.requestTimeout === undefined && proxy !== null) {
+      // The requestTimeout was not given: say where it came from.
+      throw invalid('headersTimeout', `at most requestTimeout, ${requestTimeout} ms here: the response timeout of the proxy ` +
+        `(${proxy.name}), which streams request bodies; set requestTimeout too, or lower headersTimeout`, headersTimeout)
+    }
     throw new FLL_ERR_TIMEOUT_ORDER(headersTimeout, requestTimeout)
   }
   const keepAliveDefault = proxy === null ? defaults.keepAliveTimeout : keepAliveAbove(proxy.idleTimeout)

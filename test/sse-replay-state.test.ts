@@ -158,3 +158,15 @@ test('restore() checks the state whole: anything malformed is a coded error sayi
   t.same(app.sse.save().tags, tags, 'and a good state is still taken')
   t.same(app.sse.channel('c').events().map((e) => e.id), [`${tags[0]!.tag}-1`, 'own'])
 })
+
+test('channel() again with other options is refused; with the same ones, or none, it returns the channel', async (t) => {
+  const { app } = await sseApp(t)
+  const ticks = app.sse.channel('ticks', { historySize: 10 })
+  t.equal(app.sse.channel('ticks'), ticks, 'no options: the channel')
+  t.equal(app.sse.channel('ticks', { historySize: 10 }), ticks, 'the same options: the channel')
+  t.throws(() => app.sse.channel('ticks', { ephemeral: true }), {
+    code: 'FLL_ERR_INVALID_OPTION',
+    message: /'channel\(ticks\)' must be the options it was created with \(historySize 10, historyTtl null, ephemeral false\)/
+  })
+  t.throws(() => app.sse.channel('ticks', { historySize: 11 }), { code: 'FLL_ERR_INVALID_OPTION' })
+})

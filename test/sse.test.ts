@@ -180,7 +180,7 @@ test('ephemeral channels: no ids, no replay, never a reset; a restored hub resum
   app.get('/events', { sse: true }, async (_req, reply) => { reply.sse.subscribe([ticks, stats]) })
   const port = await listen(app)
   const newId = ticks.publish({ event: 'tick', data: { n: 5 } })
-  t.equal(newId, `${first.sse.tag}-${seqOf(oldIds[3]!) + 1}`, 'the restored hub keeps its tag and goes on with its sequence')
+  t.equal(newId, `${app.sse.tag}-${seqOf(oldIds[3]!) + 1}`, 'the restored hub goes on with the sequence, under its own tag')
   t.equal(stats.publish({ event: 'stats', data: { open: 1 } }), '', 'an ephemeral event has no id')
 
   const resumed = await openStream(t, port, '/events', { 'last-event-id': oldIds[1]! })

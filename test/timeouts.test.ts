@@ -365,3 +365,12 @@ test('keep-alive: an undici client reuses one connection with the preset values'
   }
   t.match(app.connections.stats(), { connectionsTotal: 1, requestsTotal: 20, reusedRequestsTotal: 19 })
 })
+
+test('a headersTimeout above the requestTimeout derived from a proxy says where that requestTimeout came from', async (t) => {
+  t.throws(() => resolveOptions({ proxy: 'aws-alb', headersTimeout: 90e3 }), {
+    code: 'FLL_ERR_INVALID_OPTION',
+    message: /'headersTimeout' must be at most requestTimeout, 60000 ms here: the response timeout of the proxy \(aws-alb\)/
+  })
+  t.throws(() => resolveOptions({ headersTimeout: 90e3, requestTimeout: 60e3 }), { code: 'FLL_ERR_TIMEOUT_ORDER' }, 'both given: the order error')
+  t.equal(resolveOptions({ proxy: 'aws-alb', headersTimeout: 90e3, requestTimeout: 120e3 }).requestTimeout, 120e3, 'an explicit requestTimeout wins')
+})

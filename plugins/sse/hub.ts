@@ -411,6 +411,8 @@ const channelKeys = ['historySize', 'historyTtl', 'ephemeral'] as const
 export class Hub {
   readonly serializer: Serializer
   readonly #channels = new Map<string, Channel>()
+  /** Each channel's options as created, to refuse different ones later. */
+  readonly #configs = new Map<string, string>()
   readonly #defaults: HistoryDefaults
   readonly #sequence = new Sequence()
   /** The saved channels restore() took, until their channel is created (save() carries the others over). */
@@ -443,7 +445,13 @@ export class Hub {
     const historyTtl = positiveIntOrNull(`channel(${name}).historyTtl`, o.historyTtl, this.#defaults.historyTtl, 'ms')
     if (o.ephemeral !== undefined && typeof o.ephemeral !== 'boolean') throw invalid(`channel(${name}).ephemeral`, 'a boolean', o.ephemeral)
     let channel = this.#channels.get(name)
+    const config = `historySize ${historySize}, historyTtl ${historyTtl}, ephemeral ${o.ephemeral === true}`
+    if (channel !== undefined && opts !== undefined && this.#configs.get(name) !== config) {
+      // Options apply at creation: different ones later would be silently ignored.
+      throw invalid(`channel(${name})`, `the options it was created with (${this.#configs.get(name)!})`, config)
+    }
     if (channel === undefined) {
+      this.#configs.set(name, config)
       let history: MemoryHistory | null = null
       if (o.ephemeral !== true) {
         history = new MemoryHistory(historySize, historyTtl)
