@@ -122,7 +122,6 @@ export interface ResolvedClientOptions {
   readonly pipelining: number
   readonly tls: Readonly<ConnectionOptions> | null
   readonly closeTimeout: number
-  readonly metrics: boolean
 }
 
 /** UpstreamOriginStats are the numbers of one origin. */
@@ -252,8 +251,7 @@ export function resolveOptions (opts: unknown): ResolvedClientOptions {
     maxConnectionAge: positiveIntOrNull('maxConnectionAge', o.maxConnectionAge, null, 'ms'),
     pipelining,
     tls,
-    closeTimeout: nonNegativeInt('closeTimeout', o.closeTimeout, defaults.closeTimeout),
-    metrics: o.metrics !== undefined && o.metrics !== null
+    closeTimeout: nonNegativeInt('closeTimeout', o.closeTimeout, defaults.closeTimeout)
   })
 }
 
@@ -640,7 +638,6 @@ async function clientPlugin (fastify: FastifyInstance, opts: ClientOptions): Pro
 
 export default fp(clientPlugin, {
   name: 'fastify-long-lived/client',
-  fastify: '5.x',
-  dependencies: ['fastify-long-lived/connections']
+  fastify: '5.x'
 })
 export { clientPlugin }

@@ -276,7 +276,7 @@ const knownOptions = ['metrics', 'maxConcurrentStreams'] as const
 // Node's default for an HTTP/2 session's SETTINGS_MAX_CONCURRENT_STREAMS: no limit.
 const unlimitedStreams = 2 ** 32 - 1
 
-/** createRegistry builds the registry for one server; exported for tests and embedding. */
+/** createRegistry builds the registry for one server, and the function that detaches it. */
 function createRegistry (fastify: FastifyInstance, maxConcurrentStreams: number | null): { registry: ConnectionRegistry, detach: () => void } {
   const server = fastify.server
   // Keyed by what a request can reach: its socket for HTTP/1.x, its session for HTTP/2.

@@ -21,7 +21,7 @@ export type { DataRate, EffectiveTimeouts, ProxyPresetName, ProxyTimeouts, Timeo
 export * as errors from './errors.js'
 export { default as sse, ssePlugin, acceptsEventStream, encodeEvent, encodeEventText, jsonSerializer, Batch, Channel, Hub, MemoryHistory, SseStream } from './sse/index.js'
 export type {
-  ChannelOptions, ChannelState, HistoryStore, HubState, ReplayPoint, SavedEvent, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings,
+  ChannelOptions, ChannelState, HubState, ReplayPoint, TagRange, SavedEvent, Serializer, SseEvent, SseOptions, SseRouteOption, SseRouteSettings,
   SseSource, StoredEvent, StreamSink, Subscribable
 } from './sse/index.js'
 export { default as shutdown, shutdownPlugin } from './shutdown.js'

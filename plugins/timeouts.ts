@@ -193,7 +193,6 @@ interface Resolved {
   headersTimeout: number
   requestTimeout: number
   keepAliveTimeout: number
-  keepAliveExplicit: boolean
   socketTimeout: number
   maxRequestsPerSocket: number
   maxConnections: number | null
@@ -272,7 +271,6 @@ export function resolveOptions (opts: unknown): Resolved {
     headersTimeout,
     requestTimeout,
     keepAliveTimeout: nonNegativeInt('keepAliveTimeout', o.keepAliveTimeout, keepAliveDefault),
-    keepAliveExplicit: o.keepAliveTimeout !== undefined,
     socketTimeout: nonNegativeInt('socketTimeout', o.socketTimeout, defaults.socketTimeout),
     maxRequestsPerSocket: nonNegativeInt('maxRequestsPerSocket', o.maxRequestsPerSocket, defaults.maxRequestsPerSocket),
     maxConnections: positiveIntOrNull('maxConnections', o.maxConnections, null),

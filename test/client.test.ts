@@ -393,8 +393,7 @@ test('defaults are production-safe, resolved and frozen; the caller\'s options a
     maxConnectionAge: null,
     pipelining: 1,
     tls: null,
-    closeTimeout: 3e3,
-    metrics: false
+    closeTimeout: 3e3
   })
   const opts = Object.freeze({ connections: null, bodyTimeout: 0, maxConnectionAge: 300e3, tls: Object.freeze({ rejectUnauthorized: true }) })
   const { app } = await appWith(t, opts)
@@ -435,11 +434,6 @@ test('bad options fail at register time with coded errors that name the option',
   }
 })
 
-test('the connections plugin must be registered first', async (t) => {
-  const app = build(t)
-  await t.rejects(async () => { await app.register(client).ready() }, { message: /fastify-long-lived\/connections/ })
-})
-
 test('Prometheus metrics per origin, removed on close', async (t) => {
   const registry = new Registry()
   const up = await upstreamApp(t)
@@ -471,4 +465,14 @@ test('an upstream that refuses the connection: the request rejects with the conn
   await app.ready()
   await t.rejects(app.upstream.request(`http://127.0.0.1:${port}/`), { code: 'ECONNREFUSED' })
   t.match(app.upstream.stats()[`http://127.0.0.1:${port}`], { connectionsTotal: 0 }, 'a refused connect is not counted as a connection')
+})
+
+test('the client plugin stands alone: no other plugin of the kit is needed', async (t) => {
+  const up = await upstreamApp(t)
+  const app = build(t)
+  await app.register(client)
+  await app.ready()
+  const res = await app.upstream.request(`${up.origin}/`)
+  t.equal(res.statusCode, 200)
+  await res.body.dump()
 })

@@ -14,7 +14,7 @@
  * process's that was not restored, a publisher's id pushed out of the history) gets `reset`,
  * never a replay.
  *
- * Storage sits behind `HistoryStore`, the seam where a pub/sub backend can plug in later.
+ * Storage sits behind `HistoryStore` (module-private until the scale-out backend needs the seam).
  */
 import { randomBytes } from 'node:crypto'
 import { FLL_ERR_SSE_INVALID_STATE, FLL_ERR_SSE_RESTORE_TOO_LATE } from '../errors.js'
@@ -33,7 +33,7 @@ export interface StoredEvent {
 }
 
 /** HistoryStore keeps a channel's recent events for replay (in memory by default). */
-export interface HistoryStore {
+interface HistoryStore {
   append (event: StoredEvent): void
   /** seqOf returns the seq of the newest kept event whose id is exactly `id`, or null. */
   seqOf (id: string): number | null

@@ -19,7 +19,7 @@ export { encodeEvent, encodeEventText, jsonSerializer } from './encoder.js'
 export type { Serializer, SseEvent } from './encoder.js'
 export { Batch } from './batch.js'
 export { Channel, Hub, MemoryHistory } from './hub.js'
-export type { ChannelOptions, ChannelState, HistoryDefaults, HistoryStore, HubState, SavedEvent, StoredEvent } from './hub.js'
+export type { ChannelOptions, ChannelState, HistoryDefaults, HubState, SavedEvent, StoredEvent, TagRange } from './hub.js'
 export { SseStream } from './stream.js'
 export type { ReplayPoint, SseSource, StreamSink, Subscribable } from './stream.js'
 

@@ -94,7 +94,7 @@ export interface StreamShared {
 type Waiter = { resolve: () => void, reject: (err: Error) => void }
 
 // The stream of a response, for SseStream's listeners, which are shared by all streams.
-const kStream = Symbol('fastify-long-lived.sse.stream')
+const kStream = Symbol('fastify-long-lived.sse.responseStream')
 type StreamResponse = ServerResponse & { [kStream]?: SseStream }
 
 /** GracefulClose is the registry's handle on a stream: close(reason) is closeGracefully(reason). */
