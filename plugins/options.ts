@@ -50,11 +50,11 @@ export function objectOption (name: string, value: unknown, known: readonly stri
   return value
 }
 
-/** nonNegativeInt returns `value` (or `fallback` when undefined), an integer >= 0. */
-export function nonNegativeInt (name: string, value: unknown, fallback: number): number {
+/** nonNegativeInt returns `value` (or `fallback` when undefined), an integer >= 0; `meaning` says what it counts and what 0 does. */
+export function nonNegativeInt (name: string, value: unknown, fallback: number, meaning = 'ms; 0 disables it'): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
-    throw invalid(name, 'an integer >= 0 (ms; 0 disables it)', value)
+    throw invalid(name, `an integer >= 0 (${meaning})`, value)
   }
   return value
 }

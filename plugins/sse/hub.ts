@@ -18,7 +18,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { FLL_ERR_SSE_INVALID_STATE, FLL_ERR_SSE_RESTORE_TOO_LATE } from '../errors.js'
-import { describe, invalid, isPlainObject, objectOption, positiveIntOrNull } from '../options.js'
+import { describe, invalid, isPlainObject, nonNegativeInt, objectOption, positiveIntOrNull } from '../options.js'
 import { Batch } from './batch.js'
 import { encodeEvent, encodeEventText, type Serializer, type SseEvent } from './encoder.js'
 import type { ReplayPoint, StreamSink, Subscribable } from './stream.js'
@@ -129,12 +129,9 @@ class Sequence {
 
   /** seqOf returns the seq of an id this hub (or a run it was restored from) assigned, or null for any other id. */
   seqOf (id: string): number | null {
-    const dash = id.lastIndexOf('-')
-    if (dash <= 0) return null
-    const digits = id.slice(dash + 1)
-    if (!/^[1-9]\d{0,15}$/.test(digits)) return null
-    const seq = Number(digits)
-    const tag = id.slice(0, dash)
+    const parsed = parseHubId(id)
+    if (parsed === null) return null
+    const { tag, seq } = parsed
     // An id of ours "from the future" was not given by this run: it cannot be vouched for.
     if (tag === this.tag) return seq >= this.first && seq <= this.last ? seq : null
     const range = this.earlier.find((r) => r.tag === tag)
@@ -153,6 +150,15 @@ class Sequence {
     this.last = seq
     this.first = seq + 1
   }
+}
+
+/** parseHubId splits an id of the hub's form, `<tag>-<seq>`, or returns null for any other id. */
+function parseHubId (id: string): { tag: string, seq: number } | null {
+  const dash = id.lastIndexOf('-')
+  if (dash <= 0) return null
+  const digits = id.slice(dash + 1)
+  if (!/^[1-9]\d{0,15}$/.test(digits)) return null
+  return { tag: id.slice(0, dash), seq: Number(digits) }
 }
 
 /** newTag returns a random hub tag: 8 base36 characters (40 bits). */
@@ -406,6 +412,8 @@ export class Channel implements Subscribable {
 }
 
 const channelKeys = ['historySize', 'historyTtl', 'ephemeral'] as const
+/** What a historySize counts, and what its 0 does (for its option errors). */
+export const historySizeMeaning = 'events kept; 0 keeps none'
 
 /** Hub holds the channels of one app (`fastify.sse`). */
 export class Hub {
@@ -438,10 +446,7 @@ export class Hub {
   channel (name: string, opts?: ChannelOptions): Channel {
     if (typeof name !== 'string' || name === '') throw invalid('channel name', 'a non-empty string', name)
     const o = objectOption(`channel(${name})`, opts, channelKeys)
-    const historySize = o.historySize ?? this.#defaults.historySize
-    if (typeof historySize !== 'number' || !Number.isSafeInteger(historySize) || historySize < 0) {
-      throw invalid(`channel(${name}).historySize`, 'an integer >= 0 (events kept; 0 keeps none)', historySize)
-    }
+    const historySize = nonNegativeInt(`channel(${name}).historySize`, o.historySize, this.#defaults.historySize, historySizeMeaning)
     const historyTtl = positiveIntOrNull(`channel(${name}).historyTtl`, o.historyTtl, this.#defaults.historyTtl, 'ms')
     if (o.ephemeral !== undefined && typeof o.ephemeral !== 'boolean') throw invalid(`channel(${name}).ephemeral`, 'a boolean', o.ephemeral)
     let channel = this.#channels.get(name)
@@ -541,9 +546,8 @@ function checkState (value: unknown): HubState {
   if (new Set(tags.map((t) => t.tag)).size !== tags.length) throw fail('state.tags', 'tags that differ from each other', s.tags)
   // The seq an id of the saved runs stands for (null for a publisher's own id).
   const seqOfId = (id: string): number | null => {
-    const dash = id.lastIndexOf('-')
-    const range = dash > 0 ? tags.find((t) => t.tag === id.slice(0, dash)) : undefined
-    return range === undefined ? null : Number(id.slice(dash + 1))
+    const parsed = parseHubId(id)
+    return parsed !== null && tags.some((t) => t.tag === parsed.tag) ? parsed.seq : null
   }
   if (!isPlainObject(s.channels)) throw fail('state.channels', 'an object', s.channels)
   // No prototype: a channel may be named '__proto__'.

@@ -12,7 +12,7 @@ import { fastifyRegisterKeys, invalid, isPlainObject, nonNegativeInt, objectOpti
 import { jsonSerializer, type Serializer } from './encoder.js'
 import { Flusher } from './flusher.js'
 import { Heartbeats } from './heartbeat.js'
-import { Hub, type ChannelOptions, type HistoryDefaults } from './hub.js'
+import { Hub, historySizeMeaning, type ChannelOptions, type HistoryDefaults } from './hub.js'
 import { SseStream, type StreamSettings } from './stream.js'
 
 export { encodeEvent, encodeEventText, jsonSerializer } from './encoder.js'
@@ -162,7 +162,7 @@ export function resolveOptions (opts: unknown): { settings: StreamSettings, hist
   return {
     settings: resolveRouteSettings('', o, defaults),
     history: {
-      historySize: h.historySize === 0 ? 0 : positiveInt('history.historySize', h.historySize, 100),
+      historySize: nonNegativeInt('history.historySize', h.historySize, 100, historySizeMeaning),
       historyTtl: positiveIntOrNull('history.historyTtl', h.historyTtl, null, 'ms')
     }
   }
