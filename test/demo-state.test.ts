@@ -4,20 +4,16 @@
  * replay across a restart is exact: a client resumes with every event it missed and no reset.
  */
 import { test, type Test } from 'tap'
-import { spawn } from 'node:child_process'
-import { once } from 'node:events'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import type { EventSourceMessage } from 'eventsource-parser'
 import type { FastifyInstance } from 'fastify'
 import { request } from 'undici'
 import { buildApp } from '../demo-app/app.js'
 import { listen, waitUntil, withDeadline, type LogLine } from './helpers.js'
+import { startProgram } from './program.js'
 import { openStream, type StreamClient } from './sse-helpers.js'
-
-const root = fileURLToPath(new URL('..', import.meta.url))
 
 function tempDir (t: Test): string {
   const dir = mkdtempSync(join(tmpdir(), 'fll-demo-state-'))
@@ -29,25 +25,14 @@ interface Run { started: boolean, lines: LogLine[], stderr: string, code: unknow
 
 /** runDemo starts demo-app/server.ts with `stateFile`, stops it with SIGTERM once it listens, and returns its log. */
 async function runDemo (t: Test, stateFile: string): Promise<Run> {
-  const child = spawn(process.execPath, [...process.execArgv, join(root, 'demo-app/server.ts')], {
-    cwd: root,
-    env: { ...process.env, HOST: '127.0.0.1', PORT: '0', TICK_MS: '50', LOG_LEVEL: 'info', STATE_FILE: stateFile },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let out = ''
-  let stderr = ''
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => { stderr += chunk })
-  const exited = once(child, 'exit')
-  await waitUntil(() => /Server listening at/.test(out) || child.exitCode !== null, 60000, 'the demo to listen')
-  const started = /Server listening at/.test(out)
-  if (started) child.kill('SIGTERM')
-  const [code] = await withDeadline(exited, 30000, 'the demo to exit')
-  const lines = out.split('\n').filter((l) => l !== '').map((l): LogLine => {
+  const p = await startProgram(t, 'demo-app/server.ts', { HOST: '127.0.0.1', PORT: '0', TICK_MS: '50', LOG_LEVEL: 'info', STATE_FILE: stateFile }, 60000)
+  const started = p.port !== null
+  if (started) p.child.kill('SIGTERM')
+  const [code] = await withDeadline(p.exited, 30000, 'the demo to exit')
+  const lines = p.out().split('\n').filter((l) => l !== '').map((l): LogLine => {
     try { return JSON.parse(l) } catch { return { level: 60, msg: `not a log line: ${l}` } }
   })
-  return { started, lines, stderr, code }
+  return { started, lines, stderr: p.err(), code }
 }
 
 test('a STATE_FILE that cannot be used: the demo starts anyway, with one warning naming the file and what was ignored', async (t) => {

@@ -3,8 +3,7 @@
  * real browser (Debian's chromium through playwright-core), across a SIGTERM and a restart.
  */
 import { test, type Test } from 'tap'
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process'
-import { once } from 'node:events'
+import { spawnSync, type ChildProcess } from 'node:child_process'
 import { mkdirSync, mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -13,6 +12,7 @@ import { EventSource } from 'eventsource'
 import { request } from 'undici'
 import { browserSkip, openPage } from './browser.js'
 import { deferred, waitUntil, withDeadline } from './helpers.js'
+import { startProgram } from './program.js'
 
 const root = fileURLToPath(new URL('..', import.meta.url))
 
@@ -29,20 +29,9 @@ interface PageGlobals {
 
 /** startDemo runs demo-app/server.ts (TypeScript, through the loader tap runs us with). */
 async function startDemo (t: Test, env: Record<string, string>): Promise<Demo> {
-  const child = spawn(process.execPath, [...process.execArgv, join(root, 'demo-app/server.ts')], {
-    cwd: root,
-    env: { ...process.env, HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env },
-    stdio: ['ignore', 'pipe', 'inherit']
-  })
-  t.teardown(() => { child.kill('SIGKILL') })
-  let out = ''
-  child.stdout!.setEncoding('utf8')
-  child.stdout!.on('data', (chunk: string) => { out += chunk })
-  const exited = once(child, 'exit')
-  await waitUntil(() => /Server listening at http:\/\/127\.0\.0\.1:\d+/.test(out) || child.exitCode !== null, 30000, 'the demo to listen')
-  const port = Number(/Server listening at http:\/\/127\.0\.0\.1:(\d+)/.exec(out)?.[1])
-  if (!(port > 0)) throw new Error(`the demo did not start:\n${out}`)
-  return { child, port, exited, logs: () => out }
+  const p = await startProgram(t, 'demo-app/server.ts', { HOST: '127.0.0.1', LOG_LEVEL: 'info', ...env })
+  if (p.port === null) throw new Error(`the demo did not start:\n${p.out()}\n${p.err()}`)
+  return { child: p.child, port: p.port, exited: p.exited, logs: p.out }
 }
 
 test('the demo over HTTP: curl -N and EventSource on /events, 406, messages intact, readiness flips while draining', async (t) => {

@@ -15,7 +15,6 @@
  * on by default). The snippets run four at a time; every wait has a deadline.
  */
 import { test, type Test } from 'tap'
-import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createServer, type Server } from 'node:http'
@@ -25,6 +24,7 @@ import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { resolveOptions as resolveShutdown } from '../plugins/shutdown.js'
 import { browserSkip, openPage } from './browser.js'
+import { startProgram } from './program.js'
 import { waitUntil, withDeadline } from './helpers.js'
 import { openStream } from './sse-helpers.js'
 
@@ -127,29 +127,17 @@ async function run (t: Test, name: string, env: Record<string, string> = {}): Pr
   const copy = join(runDir, `${name}.ts`)
   writeFileSync(copy, text.replace('port: 3000', 'port: 0'))
   t.teardown(() => { rmSync(copy, { force: true }) })
-  const child = spawn(process.execPath, [...process.execArgv, copy], {
-    cwd: root,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  const exited = once(child, 'exit') as Promise<[number | null, NodeJS.Signals | null]>
-  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL') })
-  let out = ''
-  let err = ''
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { out += chunk })
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { err += chunk })
-  const listening = /Server listening at http:\/\/127\.0\.0\.1:(\d+)/
-  await waitUntil(() => listening.test(out) || child.exitCode !== null, startDeadline, `${name} to listen`)
-  const port = Number(listening.exec(out)?.[1])
-  if (!(port > 0)) throw new Error(`${name} did not start:\n${out}\n${err}`)
+  const p = await startProgram(t, copy, env, startDeadline)
+  const port = p.port
+  if (port === null) throw new Error(`${name} did not start:\n${p.out()}\n${p.err()}`)
   return {
     port,
     url: `http://127.0.0.1:${port}`,
-    logs: () => out,
+    logs: p.out,
     stop: async () => {
-      child.kill('SIGTERM')
-      const [code, signal] = await withDeadline(exited, 20000, `${name} to exit after SIGTERM`)
-      t.equal(err, '', `${name}: nothing on stderr`)
+      p.child.kill('SIGTERM')
+      const [code, signal] = await withDeadline(p.exited, 20000, `${name} to exit after SIGTERM`)
+      t.equal(p.err(), '', `${name}: nothing on stderr`)
       return { code, signal }
     }
   }
