@@ -250,16 +250,21 @@ async function statusFor (port: number, path: string, accept: string | undefined
 
 const ev = (data: string, event = 'message', id: string | null = null): { event: string, id: string | null, data: string } => ({ event, id, data })
 
+/** whole is a scenario's run for a stream that ends by itself: what its client saw, start to end. */
+function whole (path: string): (t: Test, f: Flavor) => Promise<ReturnType<typeof seen>> {
+  return async (t, f) => {
+    const { port } = await start(t, f)
+    const s = await openStream(t, port, path)
+    await ended(s, `the end of ${path}`)
+    return seen(f, s)
+  }
+}
+
 /** Scenarios run on each flavor; `before` is what a client of @fastify/sse sees (recorded, asserted). */
 const scenarios: Array<{ name: string, run: (t: Test, f: Flavor) => Promise<unknown>, before: unknown }> = [
   {
     name: 'sends: objects, strings, an async generator, an object-mode Readable',
-    run: async (t, f) => {
-      const { port } = await start(t, f)
-      const s = await openStream(t, port, '/events')
-      await ended(s, 'the end of the stream when the handler returns')
-      return seen(f, s)
-    },
+    run: whole('/events'),
     before: {
       status: 200,
       eventStream: true,
@@ -277,12 +282,7 @@ const scenarios: Array<{ name: string, run: (t: Test, f: Flavor) => Promise<unkn
   },
   {
     name: "sse: 'only'",
-    run: async (t, f) => {
-      const { port } = await start(t, f)
-      const s = await openStream(t, port, '/only')
-      await ended(s, 'the end of the stream')
-      return seen(f, s)
-    },
+    run: whole('/only'),
     before: { status: 200, eventStream: true, events: [ev('{"kind":"only"}')], retries: [] }
   },
   {
@@ -348,22 +348,12 @@ const scenarios: Array<{ name: string, run: (t: Test, f: Flavor) => Promise<unkn
   },
   {
     name: 'a source that fails after its first event: the error event the handler sends',
-    run: async (t, f) => {
-      const { port } = await start(t, f)
-      const s = await openStream(t, port, '/risky')
-      await ended(s, 'the end of the stream')
-      return seen(f, s)
-    },
+    run: whole('/risky'),
     before: { status: 200, eventStream: true, events: [ev('"before error"'), ev('{"message":"Stream error occurred"}', 'error')], retries: [] }
   },
   {
     name: 'reply.sse.stream() in a pipeline: a JSON-lines file as events',
-    run: async (t, f) => {
-      const { port } = await start(t, f)
-      const s = await openStream(t, port, '/file-stream')
-      await ended(s, 'the end of the stream')
-      return seen(f, s)
-    },
+    run: whole('/file-stream'),
     before: {
       status: 200,
       eventStream: true,
@@ -373,12 +363,7 @@ const scenarios: Array<{ name: string, run: (t: Test, f: Flavor) => Promise<unkn
   },
   {
     name: "a byte-mode Readable (a file's): each chunk is one event",
-    run: async (t, f) => {
-      const { port } = await start(t, f)
-      const s = await openStream(t, port, '/file-bytes')
-      await ended(s, 'the end of the stream')
-      return seen(f, s)
-    },
+    run: whole('/file-bytes'),
     // The file is one chunk; its text, up to its final line break, is the data.
     before: { status: 200, eventStream: true, events: [ev(readFileSync(prices, 'utf8'))], retries: [] }
   }
