@@ -444,14 +444,16 @@ export class Hub {
    * its saved history and watermark.
    */
   channel (name: string, opts?: ChannelOptions): Channel {
+    let channel = this.#channels.get(name)
+    // The lookup an app may do on every publish: nothing to check.
+    if (channel !== undefined && opts === undefined) return channel
     if (typeof name !== 'string' || name === '') throw invalid('channel name', 'a non-empty string', name)
     const o = objectOption(`channel(${name})`, opts, channelKeys)
     const historySize = nonNegativeInt(`channel(${name}).historySize`, o.historySize, this.#defaults.historySize, historySizeMeaning)
     const historyTtl = positiveIntOrNull(`channel(${name}).historyTtl`, o.historyTtl, this.#defaults.historyTtl, 'ms')
     if (o.ephemeral !== undefined && typeof o.ephemeral !== 'boolean') throw invalid(`channel(${name}).ephemeral`, 'a boolean', o.ephemeral)
-    let channel = this.#channels.get(name)
     const config = `historySize ${historySize}, historyTtl ${historyTtl}, ephemeral ${o.ephemeral === true}`
-    if (channel !== undefined && opts !== undefined && this.#configs.get(name) !== config) {
+    if (channel !== undefined && this.#configs.get(name) !== config) {
       // Options apply at creation: different ones later would be silently ignored.
       throw invalid(`channel(${name})`, `the options it was created with (${this.#configs.get(name)!})`, config)
     }
